@@ -1,0 +1,192 @@
+"""podslib.rollout with the transformers engine: batching, stopping, log-probs, seeding, errors."""
+
+import pytest
+import torch
+
+import podslib.rollout as rollout
+from podslib.models import load_policy, make_tiny_model
+from podslib.rollout import Completion, Group, SamplingParams, make_engine
+
+PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"]
+
+
+def sft(model, tok, steps: int = 60, lr: float = 3e-3, seed: int = 0):
+    """A few AdamW steps on "Q:a+b\\nA:a+b=c<eos>" so that greedy output is not degenerate."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        a, b = torch.randint(1, 99, (2, 16), generator=gen).tolist()
+        texts = [f"Q:{x}+{y}\nA:{x}+{y}={x + y}{tok.eos_token}" for x, y in zip(a, b)]
+        batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    model, tok = load_policy(make_tiny_model(tmp_path_factory.mktemp("tiny"), seed=0))
+    return sft(model, tok), tok
+
+
+@pytest.fixture
+def engine(policy):
+    return make_engine("hf", policy=policy[0], tokenizer=policy[1], seed=0)
+
+
+def brute_force_greedy(model, ids: list[int], max_tokens: int, eos: int) -> list[int]:
+    """One prompt, no padding, argmax of the full forward pass token by token."""
+    out = []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([ids + out])).logits[0, -1]
+            out.append(int(logits.argmax()))
+            if out[-1] == eos:
+                break
+    return out
+
+
+def test_groups_have_n_completions_with_clean_token_ids(engine, policy):
+    _, tok = policy
+    groups = engine.generate(PROMPTS, n=3, sampling=SamplingParams(max_tokens=12, seed=1))
+    assert [type(g) for g in groups] == [Group] * len(PROMPTS)
+    reasons = set()
+    for prompt, group in zip(PROMPTS, groups):
+        assert group.prompt == prompt
+        assert group.prompt_token_ids == tok(prompt, add_special_tokens=False)["input_ids"]
+        assert len(group.completions) == 3 and isinstance(group.completions[0], Completion)
+        for c in group.completions:
+            reasons.add(c.finish_reason)
+            assert tok.pad_token_id not in c.token_ids
+            assert tok.eos_token_id not in c.token_ids[:-1]
+            if c.finish_reason == "stop":
+                assert c.token_ids[-1] == tok.eos_token_id and len(c.token_ids) <= 12
+            else:
+                assert c.finish_reason == "length" and len(c.token_ids) == 12
+            assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+            assert len(c.logprobs) == len(c.token_ids)
+    assert reasons == {"stop", "length"}        # the trained model stops on some prompts only
+
+
+def test_greedy_matches_brute_force_with_left_padding(engine, policy):
+    """Prompts of different lengths share a left-padded batch; each must equal its own
+    unpadded argmax decode."""
+    model, tok = policy
+    groups = engine.generate(PROMPTS, n=2, sampling=SamplingParams(temperature=0, max_tokens=16))
+    for group in groups:
+        expected = brute_force_greedy(model, group.prompt_token_ids, 16, tok.eos_token_id)
+        assert [c.token_ids for c in group.completions] == [expected, expected]
+    texts = [g.completions[0].text for g in groups]
+    assert len(set(texts)) > 1 and all("=" in t for t in texts), texts   # not degenerate
+
+
+def test_logprobs_are_raw_model_logprobs(engine, policy):
+    """Sampled at T = 0.7, the reported log-probs are log_softmax of the untempered logits at
+    the sampled tokens: the same as a forward pass of the policy over prompt + completion."""
+    model, _ = policy
+    group = engine.generate(PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, max_tokens=10))[0]
+    p = len(group.prompt_token_ids)
+    for c in group.completions:
+        ids = torch.tensor([group.prompt_token_ids + c.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, p - 1:-1], dim=-1)
+        expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_tiny_top_p_is_greedy(engine):
+    greedy = engine.generate(PROMPTS, n=1, sampling=SamplingParams(temperature=0, max_tokens=8))
+    nucleus = engine.generate(PROMPTS, n=2, sampling=SamplingParams(top_p=1e-6, max_tokens=8, seed=3))
+    for g, s in zip(greedy, nucleus):
+        assert [c.token_ids for c in s.completions] == [g.completions[0].token_ids] * 2
+
+
+def _ids(groups):
+    return [[c.token_ids for c in g.completions] for g in groups]
+
+
+def test_same_seed_same_samples_different_seed_differs(engine):
+    sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=7)
+    first = _ids(engine.generate(PROMPTS, 4, sampling))
+    assert _ids(engine.generate(PROMPTS, 4, sampling)) == first
+    assert _ids(engine.generate(PROMPTS, 4, SamplingParams(temperature=1.0, max_tokens=12, seed=8))) != first
+
+
+def test_unseeded_calls_follow_the_engine_seed(policy):
+    """seed=None: successive calls differ, but two engines with the same seed repeat each other."""
+    a, b = (make_engine("hf", policy=policy[0], tokenizer=policy[1], seed=5) for _ in range(2))
+    sampling = SamplingParams(temperature=1.0, max_tokens=12)
+    a1, a2 = _ids(a.generate(PROMPTS, 2, sampling)), _ids(a.generate(PROMPTS, 2, sampling))
+    assert a1 != a2
+    assert [a1, a2] == [_ids(b.generate(PROMPTS, 2, sampling)), _ids(b.generate(PROMPTS, 2, sampling))]
+
+
+def test_per_prompt_seeds_make_samples_independent_of_the_batch(policy):
+    """With seeds, a prompt's samples depend only on its seed: the same in a batch of four, alone,
+    in another order, and with another max_batch_size that still holds n rows."""
+    model, tok = policy
+    sampling = SamplingParams(temperature=1.0, max_tokens=12)
+    batch = _ids(make_engine("hf", policy=model, tokenizer=tok).generate(PROMPTS, 3, sampling, seeds=[1, 2, 3, 4]))
+    small = make_engine("hf", policy=model, tokenizer=tok, seed=9, max_batch_size=3)
+    alone = _ids(small.generate(PROMPTS[2:3], 3, sampling, seeds=[3]))
+    reordered = _ids(small.generate(PROMPTS[::-1], 3, sampling, seeds=[4, 3, 2, 1]))
+    assert alone[0] == batch[2]
+    assert reordered == batch[::-1]
+    assert batch[0] != batch[1]
+
+
+def test_generation_restores_mode_and_global_rng(engine, policy):
+    model, _ = policy
+    model.train()
+    state = torch.get_rng_state()
+    engine.generate(PROMPTS[:1], 2, SamplingParams(max_tokens=4, seed=0))
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), state)
+    model.eval()
+
+
+def test_chunking_gives_the_same_greedy_output(policy):
+    model, tok = policy
+    greedy = SamplingParams(temperature=0, max_tokens=10)
+    whole = make_engine("hf", policy=model, tokenizer=tok).generate(PROMPTS, 3, greedy)
+    chunked = make_engine("hf", policy=model, tokenizer=tok, max_batch_size=2).generate(PROMPTS, 3, greedy)
+    assert _ids(whole) == _ids(chunked)
+
+
+def test_engine_from_model_path_and_close(tmp_path):
+    engine = make_engine("hf", model_path=make_tiny_model(tmp_path))
+    groups = engine.generate(PROMPTS[:2], 2, SamplingParams(max_tokens=3, seed=0))
+    assert [len(g.completions) for g in groups] == [2, 2]
+    assert all(1 <= len(c.token_ids) <= 3 for g in groups for c in g.completions)
+    engine.close()
+    assert engine.policy is None
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate(PROMPTS[:1], 1, SamplingParams(max_tokens=2))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n=0), "n .*>= 1"),
+    (dict(sampling=dict(max_tokens=0)), "max_tokens"),
+    (dict(sampling=dict(temperature=-0.1)), "temperature"),
+    (dict(sampling=dict(top_p=0)), "top_p"),
+    (dict(seeds=[1]), "seeds"),
+])
+def test_bad_generate_arguments(engine, kwargs, match):
+    args = dict(prompts=PROMPTS[:2], n=2, sampling=dict(max_tokens=4), seeds=None) | kwargs
+    with pytest.raises(ValueError, match=match):
+        engine.generate(args["prompts"], args["n"], SamplingParams(**args["sampling"]), seeds=args["seeds"])
+
+
+def test_bad_engine_arguments(tmp_path, policy, monkeypatch):
+    with pytest.raises(ValueError, match="engine must be one of 'hf', 'vllm', 'auto'; got 'tgi'"):
+        make_engine("tgi", policy=policy[0], tokenizer=policy[1])
+    with pytest.raises(FileNotFoundError, match="missing"):
+        make_engine("hf", model_path=tmp_path / "missing")
+    with pytest.raises(ValueError, match="tokenizer"):
+        make_engine("hf", policy=policy[0])
+    monkeypatch.setattr(rollout, "vllm_available", lambda: False)
+    with pytest.raises(ImportError, match=r"pods-kit\[gpu\].*make setup"):
+        make_engine("vllm", model_path=tmp_path)
+    assert make_engine("auto", model_path=tmp_path, policy=policy[0], tokenizer=policy[1]).name == "hf"
