@@ -4,8 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from podslib.models import (LoraSettings, load_policy, load_reference, make_tiny_model,
-                            merged_state_dict)
+from podslib.models import (
+    LoraSettings,
+    load_policy,
+    load_reference,
+    make_tiny_model,
+    merged_state_dict,
+)
 
 TEXT = "Q:46+75-28+65\nA:46+75=121\n121-28=93\n93+65=158\n#### 158 (ok) ~`|{}"
 
@@ -97,7 +102,7 @@ def _step(model, tok, lr=1e-2):
 
 
 def test_lora_policy_trains_only_the_adapter(tiny):
-    model, tok = load_policy(tiny, lora=LoraSettings(r=4, alpha=8))
+    model, _tok = load_policy(tiny, lora=LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert sum("lora_A" in n for n in trainable) == 4 * 7   # 7 target modules per layer

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import podslib.rollout as rollout
+from podslib import rollout
 from podslib.models import load_policy, make_tiny_model
 from podslib.rollout import Completion, Group, SamplingParams, make_engine
 
@@ -167,14 +167,14 @@ def test_engine_from_model_path_and_close(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(n=0), "n .*>= 1"),
-    (dict(sampling=dict(max_tokens=0)), "max_tokens"),
-    (dict(sampling=dict(temperature=-0.1)), "temperature"),
-    (dict(sampling=dict(top_p=0)), "top_p"),
-    (dict(seeds=[1]), "seeds"),
+    ({"n": 0}, "n .*>= 1"),
+    ({"sampling": {"max_tokens": 0}}, "max_tokens"),
+    ({"sampling": {"temperature": -0.1}}, "temperature"),
+    ({"sampling": {"top_p": 0}}, "top_p"),
+    ({"seeds": [1]}, "seeds"),
 ])
 def test_bad_generate_arguments(engine, kwargs, match):
-    args = dict(prompts=PROMPTS[:2], n=2, sampling=dict(max_tokens=4), seeds=None) | kwargs
+    args = {"prompts": PROMPTS[:2], "n": 2, "sampling": {"max_tokens": 4}, "seeds": None} | kwargs
     with pytest.raises(ValueError, match=match):
         engine.generate(args["prompts"], args["n"], SamplingParams(**args["sampling"]), seeds=args["seeds"])
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .base import Completion, Engine, Group, SamplingParams
 
-__all__ = ["make_engine", "Engine", "SamplingParams", "Completion", "Group", "vllm_available"]
+__all__ = ["Completion", "Engine", "Group", "SamplingParams", "make_engine", "vllm_available"]
 
 ENGINES = ("hf", "vllm", "auto")
 VLLM_INSTALL_HINT = ("install it with `pip install 'pods-kit[gpu]'` on a GPU machine, or run "

@@ -73,7 +73,7 @@ def check_generate_args(prompts: list[str], n: int, sampling: SamplingParams,
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (completions per prompt) must be an integer >= 1; got {n!r}")
     if not isinstance(sampling, SamplingParams):
-        raise ValueError(f"sampling must be a SamplingParams; got {type(sampling).__name__}")
+        raise ValueError(f"sampling must be a SamplingParams; got {type(sampling).__name__}")  # noqa: TRY004
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds must have one seed per prompt ({len(prompts)}); got {len(seeds)}")
 

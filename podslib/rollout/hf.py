@@ -110,7 +110,7 @@ class HFEngine(Engine):
                 processors += [TopPLogitsWarper(sampling.top_p)]
         # Explicit values so that a model's generation_config.json (top_k, repetition_penalty...)
         # cannot change the sampling: temperature and top-p are applied by `processors`.
-        flags = dict(temperature=1.0, top_p=1.0, top_k=0) if not sampling.greedy else {}
+        flags = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if not sampling.greedy else {}
         config = GenerationConfig(
             do_sample=not sampling.greedy, repetition_penalty=1.0, max_new_tokens=sampling.max_tokens,
             eos_token_id=self.eos_ids, pad_token_id=self.pad_id, return_dict_in_generate=True,
