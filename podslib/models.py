@@ -148,7 +148,7 @@ class LoraSettings:
         self.target_modules = tuple(self.target_modules)
 
 
-def _check_model_path(path: str | Path) -> str:
+def resolve_model_path(path: str | Path) -> str:
     """A local folder must exist; a hub id ("org/name") is passed on to transformers as is."""
     text = str(path)
     looks_local = Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
@@ -180,7 +180,7 @@ def load_policy(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = _check_model_path(path)
+    source = resolve_model_path(path)
     model = AutoModelForCausalLM.from_pretrained(
         source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code).to(device)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -240,7 +240,7 @@ def load_reference(
     if path is not None:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(_check_model_path(path), dtype=_dtype(dtype))
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(path), dtype=_dtype(dtype))
     else:
         model = copy.deepcopy(policy).to(_dtype(dtype))
     model = model.to(device).eval().requires_grad_(False)

@@ -1,0 +1,108 @@
+"""Rollouts with vLLM's offline `LLM`, run in-process, with weight sync after every update.
+
+- Prompts go in as token ids (tokenised here with add_special_tokens=False), so both engines
+  see the same tokens; completions are decoded here with the same tokenizer.
+- n samples per prompt come from one request (`SamplingParams(n=...)`). With per-prompt seeds
+  (or a call seed) every request carries its own seed, so a prompt's samples do not depend on
+  the rest of the batch; without, vLLM's global generator (seeded at start) is used.
+- `sync_weights` pushes `merged_state_dict(policy)` (all keys, the tied lm_head.weight
+  included, LoRA merged) through the worker's `reload_weights` and resets the prefix cache,
+  whose blocks hold keys/values computed with the old weights. The CPU build repacks linear
+  weights at load time, so `model.load_weights` fails there; `reload_weights` undoes and redoes
+  the repacking. It is reached with `collective_rpc`, which calls the worker directly in
+  this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) on CPU and GPU builds alike.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # must precede `import vllm`
+
+import torch
+from torch import nn
+
+from ..models import merged_state_dict, resolve_model_path
+from .base import Completion, Engine, Group, SamplingParams, check_generate_args
+
+
+class VLLMEngine(Engine):
+    """An in-process vLLM engine serving the model saved at `model_path`."""
+
+    name = "vllm"
+
+    def __init__(self, model_path, tokenizer=None, device: str = "cpu", dtype: str = "float32",
+                 seed: int = 0, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None):
+        if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+            raise ValueError("VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
+                             f"for weight sync); got {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}")
+        import vllm
+        from transformers import AutoTokenizer
+
+        path = resolve_model_path(model_path)
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        self.owns_process_group = not (torch.distributed.is_available()
+                                       and torch.distributed.is_initialized())
+        set_num_threads = torch.set_num_threads     # the CPU worker replaces it with a no-op
+        self.llm = vllm.LLM(
+            model=path, seed=seed, dtype=dtype, max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=device == "cpu")
+        torch.set_num_threads = set_num_threads
+
+    def generate(self, prompts: list[str], n: int, sampling: SamplingParams,
+                 seeds: list[int] | None = None) -> list[Group]:
+        import vllm
+
+        check_generate_args(prompts, n, sampling, seeds)
+        if self.llm is None:
+            raise RuntimeError("this vllm engine is closed; make a new one with make_engine")
+        if seeds is None and sampling.seed is not None:
+            gen = torch.Generator().manual_seed(sampling.seed)
+            seeds = torch.randint(0, 2**62, (len(prompts),), generator=gen).tolist()
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        per_request = 1 if sampling.greedy else n      # vLLM refuses n > 1 with greedy decoding
+        params = [vllm.SamplingParams(
+            n=per_request, temperature=sampling.temperature, top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens, seed=None if seeds is None else seeds[i],
+            logprobs=0, detokenize=False) for i in range(len(prompts))]
+        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
+        return [Group(p, row, [self._completion(c) for c in out.outputs * (n // per_request)])
+                for p, row, out in zip(prompts, ids, outputs)]
+
+    def _completion(self, output) -> Completion:
+        """vLLM CompletionOutput -> Completion with the sampled tokens' log-probs."""
+        token_ids = list(output.token_ids)
+        logprobs = None
+        if output.logprobs is not None:
+            logprobs = [step[tok].logprob for step, tok in zip(output.logprobs, token_ids)]
+        text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
+        return Completion(text, token_ids, output.finish_reason, logprobs)
+
+    @torch.no_grad()
+    def sync_weights(self, policy: nn.Module) -> None:
+        """Copy `policy`'s weights (LoRA merged) into the engine and drop cached prefixes."""
+        if self.llm is None:
+            raise RuntimeError("this vllm engine is closed; make a new one with make_engine")
+        weights = iter(merged_state_dict(policy).items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def close(self) -> None:
+        """Shut the engine down and free its weights and KV cache, so another can start."""
+        if self.llm is None:
+            return
+        from vllm.distributed.parallel_state import (
+            cleanup_dist_env_and_memory,
+            destroy_model_parallel,
+        )
+
+        self.llm.llm_engine.engine_core.shutdown()
+        self.llm = None
+        if self.owns_process_group:
+            cleanup_dist_env_and_memory()
+        else:
+            destroy_model_parallel()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
