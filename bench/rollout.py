@@ -34,10 +34,14 @@ def measure(name: str, model_path, prompts: list[str], n: int, sampling, repeats
         tokens.append(sum(len(c.token_ids) for g in groups for c in g.completions))
     engine.close()
     gen_s = statistics.median(times)
-    return {"engine": name, "start_s": round(start_s, 2), "generate_s": round(gen_s, 3),
-            "rollouts_per_s": round(len(prompts) * n / gen_s, 1),
-            "tokens_per_s": round(statistics.median(tokens) / gen_s, 1),
-            "mean_completion_tokens": round(statistics.median(tokens) / (len(prompts) * n), 1)}
+    return {
+        "engine": name,
+        "start_s": round(start_s, 2),
+        "generate_s": round(gen_s, 3),
+        "rollouts_per_s": round(len(prompts) * n / gen_s, 1),
+        "tokens_per_s": round(statistics.median(tokens) / gen_s, 1),
+        "mean_completion_tokens": round(statistics.median(tokens) / (len(prompts) * n), 1),
+    }
 
 
 def main() -> None:
@@ -54,17 +58,24 @@ def main() -> None:
     from podslib.rollout import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
-    prompts = [f"Q:{i % 97 + 1}+{(7 * i) % 89 + 1}-{(3 * i) % 13 + 1}\nA:" for i in range(args.prompts)]
+    prompts = [
+        f"Q:{i % 97 + 1}+{(7 * i) % 89 + 1}-{(3 * i) % 13 + 1}\nA:" for i in range(args.prompts)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         path = make_tiny_model(tmp, seed=0)
-        rows = [measure(name, path, prompts, args.n, sampling, args.repeats)
-                for name in args.engines.split(",")]
-    print(f"\n{args.prompts} prompts x n = {args.n}, {args.max_tokens} new tokens, "
-          f"T = {args.temperature}, median of {args.repeats}")
-    print(f"{'engine':8}{'start s':>10}{'gen s':>10}{'rollouts/s':>12}{'tokens/s':>12}{'mean len':>10}")
+        rows = [
+            measure(name, path, prompts, args.n, sampling, args.repeats)
+            for name in args.engines.split(",")
+        ]
+    print(
+        f"\n{args.prompts} prompts x n = {args.n}, {args.max_tokens} new tokens, "
+        f"T = {args.temperature}, median of {args.repeats}"
+    )
+    header = ("engine", "start s", "gen s", "rollouts/s", "tokens/s", "mean len")
+    print(f"{header[0]:8}" + "".join(f"{h:>12}" for h in header[1:]))
+    keys = ("start_s", "generate_s", "rollouts_per_s", "tokens_per_s", "mean_completion_tokens")
     for r in rows:
-        print(f"{r['engine']:8}{r['start_s']:>10}{r['generate_s']:>10}{r['rollouts_per_s']:>12}"
-              f"{r['tokens_per_s']:>12}{r['mean_completion_tokens']:>10}")
+        print(f"{r['engine']:8}" + "".join(f"{r[k]:>12}" for k in keys))
     by_name = {r["engine"]: r for r in rows}
     if {"hf", "vllm"} <= set(by_name):
         ratio = by_name["vllm"]["rollouts_per_s"] / by_name["hf"]["rollouts_per_s"]

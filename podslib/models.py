@@ -84,13 +84,20 @@ def make_tiny_model(
     """
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    for name, value in {"hidden": hidden, "layers": layers, "heads": heads, "kv_heads": kv_heads,
-                        "max_position": max_position}.items():
+    for name, value in {
+        "hidden": hidden,
+        "layers": layers,
+        "heads": heads,
+        "kv_heads": kv_heads,
+        "max_position": max_position,
+    }.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer; got {value!r}")
     if hidden % heads or heads % kv_heads:
-        raise ValueError(f"hidden must be divisible by heads and heads by kv_heads; "
-                         f"got hidden={hidden}, heads={heads}, kv_heads={kv_heads}")
+        raise ValueError(
+            f"hidden must be divisible by heads and heads by kv_heads; "
+            f"got hidden={hidden}, heads={heads}, kv_heads={kv_heads}"
+        )
     tokenizer = char_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -132,7 +139,14 @@ class LoraSettings:
     dropout: float = 0.0
     """Dropout on the adapter input during training."""
     target_modules: tuple[str, ...] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
     """Names of the linear layers that get an adapter."""
 
     def __post_init__(self):
@@ -143,8 +157,10 @@ class LoraSettings:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora dropout must be in [0, 1); got {self.dropout!r}")
         if isinstance(self.target_modules, str) or not self.target_modules:
-            raise ValueError("lora target_modules must be a non-empty sequence of module names; "
-                             f"got {self.target_modules!r}")
+            raise ValueError(
+                "lora target_modules must be a non-empty sequence of module names; "
+                f"got {self.target_modules!r}"
+            )
         self.target_modules = tuple(self.target_modules)
 
 
@@ -153,8 +169,10 @@ def resolve_model_path(path: str | Path) -> str:
     text = str(path)
     looks_local = Path(text).is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
     if not Path(text).expanduser().exists() and looks_local:
-        raise FileNotFoundError(f"model path {text!r} does not exist; pass a folder saved with "
-                                "save_pretrained (e.g. from make_tiny_model) or a hub id")
+        raise FileNotFoundError(
+            f"model path {text!r} does not exist; pass a folder saved with "
+            "save_pretrained (e.g. from make_tiny_model) or a hub id"
+        )
     return str(Path(text).expanduser()) if Path(text).expanduser().exists() else text
 
 
@@ -182,7 +200,8 @@ def load_policy(
 
     source = resolve_model_path(path)
     model = AutoModelForCausalLM.from_pretrained(
-        source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code).to(device)
+        source, dtype=_dtype(dtype), trust_remote_code=trust_remote_code
+    ).to(device)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -190,9 +209,16 @@ def load_policy(
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
     return model, tokenizer
 
 
@@ -253,13 +279,16 @@ def _merged_lora_weight(module: nn.Module) -> Tensor:
     weight = module.get_base_layer().weight.detach()
     if getattr(module, "merged", False) or getattr(module, "disable_adapters", False):
         return weight.clone()
-    delta = sum(module.get_delta_weight(name).detach()
-                for name in module.active_adapters if name in module.lora_A)
+    delta = sum(
+        module.get_delta_weight(name).detach()
+        for name in module.active_adapters
+        if name in module.lora_A
+    )
     return weight + delta if isinstance(delta, Tensor) else weight.clone()
 
 
 def merged_state_dict(policy: nn.Module) -> dict[str, Tensor]:
-    """All weights of `policy` under the base model's names ("model.layers.0.self_attn.q_proj.weight",
+    """All weights of `policy` under the base model's names ("model.layers.0.mlp.up_proj.weight",
     ..., and "lm_head.weight" even when tied to the embedding), with any LoRA adapter merged.
 
     Tensors are detached; for a full model they share storage with the policy, so copy before

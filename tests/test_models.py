@@ -27,8 +27,12 @@ def test_tiny_model_shape_and_size(tiny):
     256: 164,480; final norm 128: 12,800 + 4 * 164,480 + 128 = 670,848."""
     model = AutoModelForCausalLM.from_pretrained(tiny)
     cfg = model.config
-    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == \
-        ("qwen2", 128, 4, 4)
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads) == (
+        "qwen2",
+        128,
+        4,
+        4,
+    )
     assert cfg.tie_word_embeddings and cfg.vocab_size == 100
     assert sum(p.numel() for p in model.parameters()) == 670_848
 
@@ -36,7 +40,7 @@ def test_tiny_model_shape_and_size(tiny):
 def test_tokenizer_round_trips_characters(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     ids = tok(TEXT, add_special_tokens=False)["input_ids"]
-    assert len(ids) == len(TEXT)                       # one token per character
+    assert len(ids) == len(TEXT)  # one token per character
     assert tok.decode(ids) == TEXT
     assert tok.convert_ids_to_tokens(ids[:2]) == ["Q", ":"]
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
@@ -45,12 +49,15 @@ def test_tokenizer_round_trips_characters(tiny):
 
 def test_chat_template_renders_q_a(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
-    rendered = tok.apply_chat_template([{"role": "user", "content": "46+75"}], tokenize=False,
-                                       add_generation_prompt=True)
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "46+75"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == "Q:46+75\nA:"
     with_system = tok.apply_chat_template(
         [{"role": "system", "content": "Add."}, {"role": "user", "content": "1+2"}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert with_system == "Add.\nQ:1+2\nA:"
 
 
@@ -59,12 +66,15 @@ def test_tiny_model_is_deterministic_per_seed(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "b", seed=3)).state_dict()
     c = AutoModelForCausalLM.from_pretrained(make_tiny_model(tmp_path / "c", seed=4)).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], c["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        a["model.layers.0.mlp.up_proj.weight"], c["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_tiny_model_options(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(
-        make_tiny_model(tmp_path, hidden=64, layers=2, heads=4, kv_heads=2))
+        make_tiny_model(tmp_path, hidden=64, layers=2, heads=4, kv_heads=2)
+    )
     assert model.model.layers[0].self_attn.k_proj.weight.shape == (2 * 16, 64)
     with pytest.raises(ValueError, match="kv_heads"):
         make_tiny_model(tmp_path / "x", heads=4, kv_heads=3)
@@ -105,7 +115,7 @@ def test_lora_policy_trains_only_the_adapter(tiny):
     model, _tok = load_policy(tiny, lora=LoraSettings(r=4, alpha=8))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert sum("lora_A" in n for n in trainable) == 4 * 7   # 7 target modules per layer
+    assert sum("lora_A" in n for n in trainable) == 4 * 7  # 7 target modules per layer
 
 
 def test_merged_state_dict_full_model_has_all_keys(tiny):
@@ -117,7 +127,8 @@ def test_merged_state_dict_full_model_has_all_keys(tiny):
 
 def test_merged_state_dict_lora_equals_w_plus_scaled_ba(tiny):
     """After a step the adapter is non-zero; merged q_proj = W + (alpha / r) * B @ A, computed
-    out of place, and a plain model loaded with the merged weights gives the LoRA policy's logits."""
+    out of place, and a plain model loaded with the merged weights gives the LoRA policy's
+    logits."""
     model, tok = load_policy(tiny, lora=LoraSettings(r=4, alpha=8))
     _step(model, tok)
     layer = model.get_base_model().model.layers[1].self_attn.q_proj
@@ -132,7 +143,9 @@ def test_merged_state_dict_lora_equals_w_plus_scaled_ba(tiny):
     base.load_state_dict(merged)
     ids = torch.tensor([tok(TEXT, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        torch.testing.assert_close(base(ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            base(ids).logits, model(input_ids=ids).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_reference_is_frozen_copy(tiny):
@@ -146,7 +159,7 @@ def test_reference_is_frozen_copy(tiny):
     torch.testing.assert_close(ref(ids, mask), before)
     with torch.no_grad():
         assert not torch.allclose(model(ids).logits, before)
-    copied = load_reference(model)                         # no path: copy of the current weights
+    copied = load_reference(model)  # no path: copy of the current weights
     with torch.no_grad():
         torch.testing.assert_close(copied(ids, mask), model(ids).logits)
 
@@ -161,4 +174,4 @@ def test_reference_of_lora_policy_disables_the_adapter(tiny):
     with torch.no_grad():
         torch.testing.assert_close(ref(ids, torch.ones_like(ids)), base(ids).logits)
         assert not torch.allclose(model(input_ids=ids).logits, base(ids).logits)
-    assert model.training                                  # mode restored
+    assert model.training  # mode restored

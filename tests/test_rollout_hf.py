@@ -67,7 +67,7 @@ def test_groups_have_n_completions_with_clean_token_ids(engine, policy):
                 assert c.finish_reason == "length" and len(c.token_ids) == 12
             assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
             assert len(c.logprobs) == len(c.token_ids)
-    assert reasons == {"stop", "length"}        # the trained model stops on some prompts only
+    assert reasons == {"stop", "length"}  # the trained model stops on some prompts only
 
 
 def test_greedy_matches_brute_force_with_left_padding(engine, policy):
@@ -79,26 +79,30 @@ def test_greedy_matches_brute_force_with_left_padding(engine, policy):
         expected = brute_force_greedy(model, group.prompt_token_ids, 16, tok.eos_token_id)
         assert [c.token_ids for c in group.completions] == [expected, expected]
     texts = [g.completions[0].text for g in groups]
-    assert len(set(texts)) > 1 and all("=" in t for t in texts), texts   # not degenerate
+    assert len(set(texts)) > 1 and all("=" in t for t in texts), texts  # not degenerate
 
 
 def test_logprobs_are_raw_model_logprobs(engine, policy):
     """Sampled at T = 0.7, the reported log-probs are log_softmax of the untempered logits at
     the sampled tokens: the same as a forward pass of the policy over prompt + completion."""
     model, _ = policy
-    group = engine.generate(PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, max_tokens=10))[0]
+    group = engine.generate(
+        PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, max_tokens=10)
+    )[0]
     p = len(group.prompt_token_ids)
     for c in group.completions:
         ids = torch.tensor([group.prompt_token_ids + c.token_ids])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, p - 1:-1], dim=-1)
+            logp = torch.log_softmax(model(ids).logits[0, p - 1 : -1], dim=-1)
         expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
         torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_tiny_top_p_is_greedy(engine):
     greedy = engine.generate(PROMPTS, n=1, sampling=SamplingParams(temperature=0, max_tokens=8))
-    nucleus = engine.generate(PROMPTS, n=2, sampling=SamplingParams(top_p=1e-6, max_tokens=8, seed=3))
+    nucleus = engine.generate(
+        PROMPTS, n=2, sampling=SamplingParams(top_p=1e-6, max_tokens=8, seed=3)
+    )
     for g, s in zip(greedy, nucleus):
         assert [c.token_ids for c in s.completions] == [g.completions[0].token_ids] * 2
 
@@ -111,7 +115,10 @@ def test_same_seed_same_samples_different_seed_differs(engine):
     sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=7)
     first = _ids(engine.generate(PROMPTS, 4, sampling))
     assert _ids(engine.generate(PROMPTS, 4, sampling)) == first
-    assert _ids(engine.generate(PROMPTS, 4, SamplingParams(temperature=1.0, max_tokens=12, seed=8))) != first
+    assert (
+        _ids(engine.generate(PROMPTS, 4, SamplingParams(temperature=1.0, max_tokens=12, seed=8)))
+        != first
+    )
 
 
 def test_unseeded_calls_follow_the_engine_seed(policy):
@@ -120,7 +127,10 @@ def test_unseeded_calls_follow_the_engine_seed(policy):
     sampling = SamplingParams(temperature=1.0, max_tokens=12)
     a1, a2 = _ids(a.generate(PROMPTS, 2, sampling)), _ids(a.generate(PROMPTS, 2, sampling))
     assert a1 != a2
-    assert [a1, a2] == [_ids(b.generate(PROMPTS, 2, sampling)), _ids(b.generate(PROMPTS, 2, sampling))]
+    assert [a1, a2] == [
+        _ids(b.generate(PROMPTS, 2, sampling)),
+        _ids(b.generate(PROMPTS, 2, sampling)),
+    ]
 
 
 def test_per_prompt_seeds_make_samples_independent_of_the_batch(policy):
@@ -128,7 +138,11 @@ def test_per_prompt_seeds_make_samples_independent_of_the_batch(policy):
     in another order, and with another max_batch_size that still holds n rows."""
     model, tok = policy
     sampling = SamplingParams(temperature=1.0, max_tokens=12)
-    batch = _ids(make_engine("hf", policy=model, tokenizer=tok).generate(PROMPTS, 3, sampling, seeds=[1, 2, 3, 4]))
+    batch = _ids(
+        make_engine("hf", policy=model, tokenizer=tok).generate(
+            PROMPTS, 3, sampling, seeds=[1, 2, 3, 4]
+        )
+    )
     small = make_engine("hf", policy=model, tokenizer=tok, seed=9, max_batch_size=3)
     alone = _ids(small.generate(PROMPTS[2:3], 3, sampling, seeds=[3]))
     reordered = _ids(small.generate(PROMPTS[::-1], 3, sampling, seeds=[4, 3, 2, 1]))
@@ -151,7 +165,9 @@ def test_chunking_gives_the_same_greedy_output(policy):
     model, tok = policy
     greedy = SamplingParams(temperature=0, max_tokens=10)
     whole = make_engine("hf", policy=model, tokenizer=tok).generate(PROMPTS, 3, greedy)
-    chunked = make_engine("hf", policy=model, tokenizer=tok, max_batch_size=2).generate(PROMPTS, 3, greedy)
+    chunked = make_engine("hf", policy=model, tokenizer=tok, max_batch_size=2).generate(
+        PROMPTS, 3, greedy
+    )
     assert _ids(whole) == _ids(chunked)
 
 
@@ -166,17 +182,22 @@ def test_engine_from_model_path_and_close(tmp_path):
         engine.generate(PROMPTS[:1], 1, SamplingParams(max_tokens=2))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"n": 0}, "n .*>= 1"),
-    ({"sampling": {"max_tokens": 0}}, "max_tokens"),
-    ({"sampling": {"temperature": -0.1}}, "temperature"),
-    ({"sampling": {"top_p": 0}}, "top_p"),
-    ({"seeds": [1]}, "seeds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n": 0}, "n .*>= 1"),
+        ({"sampling": {"max_tokens": 0}}, "max_tokens"),
+        ({"sampling": {"temperature": -0.1}}, "temperature"),
+        ({"sampling": {"top_p": 0}}, "top_p"),
+        ({"seeds": [1]}, "seeds"),
+    ],
+)
 def test_bad_generate_arguments(engine, kwargs, match):
     args = {"prompts": PROMPTS[:2], "n": 2, "sampling": {"max_tokens": 4}, "seeds": None} | kwargs
     with pytest.raises(ValueError, match=match):
-        engine.generate(args["prompts"], args["n"], SamplingParams(**args["sampling"]), seeds=args["seeds"])
+        engine.generate(
+            args["prompts"], args["n"], SamplingParams(**args["sampling"]), seeds=args["seeds"]
+        )
 
 
 def test_bad_engine_arguments(tmp_path, policy, monkeypatch):
@@ -189,4 +210,6 @@ def test_bad_engine_arguments(tmp_path, policy, monkeypatch):
     monkeypatch.setattr(rollout, "vllm_available", lambda: False)
     with pytest.raises(ImportError, match=r"pods-kit\[gpu\].*make setup"):
         make_engine("vllm", model_path=tmp_path)
-    assert make_engine("auto", model_path=tmp_path, policy=policy[0], tokenizer=policy[1]).name == "hf"
+    assert (
+        make_engine("auto", model_path=tmp_path, policy=policy[0], tokenizer=policy[1]).name == "hf"
+    )

