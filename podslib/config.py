@@ -269,6 +269,13 @@ class Config:
     )
     warm_start_lr: float = field(default=3e-3, metadata={"help": "Warm-start AdamW learning rate."})
 
+    warm_start_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the tiny model's initialisation and warm-start (shared by runs)."
+        },
+    )
+
     # --- where things go -----------------------------------------------------------------------
     results_root: str = field(default="results", metadata={"help": "Root folder of run folders."})
     cache_dir: str = field(
@@ -527,3 +534,4 @@ def _validate(cfg: Config) -> None:
     _int(cfg, "warm_start_steps", 1)
     _int(cfg, "warm_start_batch_size", 1)
     _number(cfg, "warm_start_lr", 0, low_open=True)
+    _int(cfg, "warm_start_seed", 0)
