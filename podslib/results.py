@@ -1,0 +1,333 @@
+"""Run folders, metrics I/O, seed aggregation and the paper's speedup.
+
+A run folder is `results/<experiment>/<run_id>/` (run_id = '<variant>-s<seed>') holding what
+`podslib.trainer.train` writes (config.yaml, metrics.jsonl, eval.jsonl, summary.json) plus the
+executed notebook. A run is complete when summary.json exists.
+
+Aggregation over seeds (`aggregate`): each seed's accuracy curve is a step function, the accuracy
+of its latest evaluation at or before time t ("hold last": what you would have if training
+stopped at t). Per variant, the common time grid is the union of the seeds' evaluation times up
+to the earliest last evaluation, so every grid point averages all seeds and no curve is
+extrapolated; on that grid the mean curve is exact (no interpolation error).
+
+Speedup (PAPER.md): threshold = 0.99 * the baseline's (GRPO's) peak accuracy; speedup = time
+for the baseline to first reach the threshold / time for the method to first reach that same
+threshold, both measured at evaluation times (no interpolation between evaluations). Headline:
+on the seed-mean curves. Per seed: GRPO seed s is paired with PODS seed s (same data order,
+same evaluation seed), with the threshold from GRPO seed s's own peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PHASES = ("t_generate", "t_score", "t_select", "t_update", "t_sync")
+RUN_COLUMNS = ("experiment", "variant", "seed", "run_id", "n", "m", "rule", "complete")
+
+
+# ----------------------------------------------------------------------------------------------
+# files and run folders
+# ----------------------------------------------------------------------------------------------
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write `obj` as JSON atomically (tmp file + rename: readers never see half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` atomically (tmp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file ([] when absent); a torn last line (a killed writer) is
+    skipped, a bad line elsewhere raises ValueError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{str(path)!r} line {i + 1} is not valid JSON: {err}") from err
+    return records
+
+
+def run_id(variant: str, seed: int) -> str:
+    """The run folder name of one grid cell."""
+    return f"{variant}-s{seed}"
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    """A run is complete when the trainer has written its summary.json."""
+    return (Path(run_dir) / "summary.json").is_file()
+
+
+def find_runs(exp_dir: str | Path) -> list[Path]:
+    """Run folders (those holding a config.yaml) directly under `exp_dir`, sorted by name."""
+    exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        return []
+    return sorted(p for p in exp_dir.iterdir() if (p / "config.yaml").is_file())
+
+
+def fresh_path(path: str | Path) -> Path:
+    """`path` if it does not exist, else the first free 'stem.1.suffix', 'stem.2.suffix', ...
+    (so that nothing already written is overwritten)."""
+    path = Path(path)
+    k = 0
+    candidate = path
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}.{k}{path.suffix}")
+    return candidate
+
+
+def _read_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def claim_experiment(exp_dir: str | Path, experiment: str, source: str) -> None:
+    """Mark `exp_dir` as holding `experiment` from config file `source` (experiment.json), or
+    check that it already does. A folder written by another experiment or another config file
+    raises ValueError before anything is written."""
+    exp_dir = Path(exp_dir)
+    marker = exp_dir / "experiment.json"
+    if marker.exists():
+        mine = json.loads(marker.read_text())
+        if mine.get("experiment") != experiment or mine.get("source") != source:
+            raise ValueError(
+                f"results folder {str(exp_dir)!r} holds experiment {mine.get('experiment')!r} "
+                f"from {mine.get('source')!r}, not {experiment!r} from {source!r}; choose "
+                "another experiment name or results_root (nothing was overwritten)")
+        return
+    for run in find_runs(exp_dir):
+        other = _read_yaml(run / "config.yaml").get("experiment")
+        if other != experiment:
+            raise ValueError(
+                f"results folder {str(exp_dir)!r} holds runs of experiment {other!r} (e.g. "
+                f"{run.name}), not {experiment!r}; choose another experiment name or "
+                "results_root (nothing was overwritten)")
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json(marker, {"experiment": experiment, "source": source})
+
+
+# ----------------------------------------------------------------------------------------------
+# loading runs into pandas
+# ----------------------------------------------------------------------------------------------
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    cfg = _read_yaml(run_dir / "config.yaml")
+    seed = int(cfg.get("seed", 0))
+    n, m = int(cfg.get("n", 0)), int(cfg.get("m", 0))
+    suffix = f"-s{seed}"
+    variant = run_dir.name.removesuffix(suffix)
+    return {"experiment": cfg.get("experiment", run_dir.parent.name), "variant": variant,
+            "seed": seed, "run_id": run_dir.name, "n": n, "m": m,
+            "rule": "none" if n == m else cfg.get("rule", "max_variance"),
+            "complete": is_complete(run_dir)}
+
+
+def _exp_dirs(root: str | Path, experiment: str | None) -> list[Path]:
+    root = Path(root)
+    if experiment is not None:
+        return [root / experiment]
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def _load(root: str | Path, experiment: str | None, filename: str, columns: tuple) -> pd.DataFrame:
+    rows = []
+    for exp_dir in _exp_dirs(root, experiment):
+        for run in find_runs(exp_dir):
+            info = _run_info(run)
+            rows += [{**info, **rec} for rec in read_jsonl(run / filename)]
+    if not rows:
+        return pd.DataFrame(columns=[*RUN_COLUMNS, *columns])
+    return pd.DataFrame(rows)
+
+
+def load_runs(root: str | Path, experiment: str | None = None) -> pd.DataFrame:
+    """Evaluation curves of every run under `root` (or `root/experiment`): one row per
+    evaluation with experiment, variant, seed, run_id, n, m, rule, complete, step,
+    train_time_s, accuracy, ... (eval.jsonl keys)."""
+    return _load(root, experiment, "eval.jsonl", ("step", "train_time_s", "accuracy"))
+
+
+def load_metrics(root: str | Path, experiment: str | None = None) -> pd.DataFrame:
+    """Per-step training metrics (metrics.jsonl) of every run, with the same run columns."""
+    return _load(root, experiment, "metrics.jsonl", ("step", "train_time_s", *PHASES))
+
+
+# ----------------------------------------------------------------------------------------------
+# seed aggregation
+# ----------------------------------------------------------------------------------------------
+
+def hold_last(t: np.ndarray, acc: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Step-function value at each `grid` time: acc of the latest t <= grid time; NaN before the
+    first and after the last evaluation. t: [k] ascending, acc: [k], grid: [g] -> [g]."""
+    t, acc, grid = np.asarray(t, float), np.asarray(acc, float), np.asarray(grid, float)
+    pos = np.searchsorted(t, grid, side="right") - 1
+    out = acc[np.clip(pos, 0, len(acc) - 1)].astype(float)
+    out[(pos < 0) | (grid > t[-1])] = np.nan
+    return out
+
+
+def aggregate(curves: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
+    """Seed statistics per variant on the common grid (see module docstring): one row per
+    (variant, train_time_s) with mean, std (ddof 1; 0 for one seed), sem, min, max, seeds."""
+    out = []
+    for variant, runs in curves.groupby("variant", sort=False):
+        per_seed = [g.sort_values("train_time_s") for _, g in runs.groupby("seed")]
+        end = min(g["train_time_s"].iloc[-1] for g in per_seed)
+        grid = np.unique(np.concatenate([g["train_time_s"].to_numpy() for g in per_seed]))
+        grid = grid[grid <= end]
+        vals = np.stack([hold_last(g["train_time_s"], g[value], grid) for g in per_seed])  # [S, g]
+        k = vals.shape[0]
+        std = vals.std(axis=0, ddof=1) if k > 1 else np.zeros(len(grid))
+        out.append(pd.DataFrame({
+            "variant": variant, "train_time_s": grid, "mean": vals.mean(axis=0), "std": std,
+            "sem": std / math.sqrt(k), "min": vals.min(axis=0), "max": vals.max(axis=0),
+            "seeds": k}))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
+        columns=["variant", "train_time_s", "mean", "std", "sem", "min", "max", "seeds"])
+
+
+# ----------------------------------------------------------------------------------------------
+# speedup to 99% of the baseline's peak
+# ----------------------------------------------------------------------------------------------
+
+def time_to_reach(t: np.ndarray, acc: np.ndarray, threshold: float) -> float:
+    """First evaluation time with acc >= threshold; inf when never reached."""
+    hit = np.flatnonzero(np.asarray(acc, float) >= threshold)
+    return float(np.asarray(t, float)[hit[0]]) if hit.size else math.inf
+
+
+def speedup(base_t: np.ndarray, base_acc: np.ndarray, t: np.ndarray, acc: np.ndarray,
+            frac: float = 0.99) -> dict[str, float]:
+    """The paper's speedup of curve (t, acc) over the baseline curve (base_t, base_acc).
+
+    threshold = frac * max(base_acc); speedup = time_to_reach(baseline) / time_to_reach(method).
+    Edge cases: method never reaches it -> 0.0; both at time 0 -> nan; only the method at 0 ->
+    inf. Returns threshold, t_base, t_method, speedup.
+    """
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
+    threshold = frac * float(np.max(base_acc))
+    t_base = time_to_reach(base_t, base_acc, threshold)
+    t_method = time_to_reach(t, acc, threshold)
+    if math.isinf(t_method):
+        ratio = 0.0
+    elif t_method == 0:
+        ratio = math.nan if t_base == 0 else math.inf
+    else:
+        ratio = t_base / t_method
+    return {"threshold": threshold, "t_base": t_base, "t_method": t_method, "speedup": ratio}
+
+
+def seed_speedups(curves: pd.DataFrame, baseline: str, variant: str,
+                  frac: float = 0.99) -> pd.DataFrame:
+    """Per-seed speedups of `variant` over `baseline`, pairing equal seeds (seeds present in
+    only one of them are left out): one row per seed with threshold, t_base, t_method, speedup."""
+    rows = []
+    base = {s: g.sort_values("train_time_s") for s, g in
+            curves[curves["variant"] == baseline].groupby("seed")}
+    for seed, g in curves[curves["variant"] == variant].groupby("seed"):
+        if seed in base:
+            g = g.sort_values("train_time_s")
+            b = base[seed]
+            rows.append({"seed": seed, **speedup(b["train_time_s"], b["accuracy"],
+                                                  g["train_time_s"], g["accuracy"], frac)})
+    return pd.DataFrame(rows, columns=["seed", "threshold", "t_base", "t_method", "speedup"])
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------
+
+def step_times(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean seconds per step of each phase, per variant (index), plus 'total' and 'steps'
+    (mean number of steps per run)."""
+    cols = [p for p in PHASES if p in metrics.columns]
+    table = metrics.groupby("variant", sort=False)[cols].mean()
+    table["total"] = table[cols].sum(axis=1)
+    table["steps"] = metrics.groupby(["variant", "seed"], sort=False)["step"].max() \
+        .groupby("variant", sort=False).mean()
+    return table
+
+
+def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str = "grpo",
+                  frac: float = 0.99) -> pd.DataFrame:
+    """One row per variant: n, m, rule, seeds, steps, s/step (generate, update), peak accuracy of
+    the seed-mean curve, final accuracy (mean and std over seeds), time to the threshold and the
+    speedup over `baseline` (mean curves, and per seed)."""
+    if baseline not in set(curves["variant"]):
+        got = sorted(set(curves["variant"]))
+        raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
+    agg = aggregate(curves)
+    times = step_times(metrics) if len(metrics) else None
+    b = agg[agg["variant"] == baseline]
+    rows = []
+    for variant, runs in curves.groupby("variant", sort=False):
+        a = agg[agg["variant"] == variant]
+        finals = runs.sort_values("train_time_s").groupby("seed")["accuracy"].last()
+        head = speedup(b["train_time_s"], b["mean"], a["train_time_s"], a["mean"], frac)
+        per_seed = seed_speedups(curves, baseline, variant, frac)["speedup"]
+        first = runs.iloc[0]
+        rows.append({
+            "variant": variant, "n": int(first["n"]), "m": int(first["m"]), "rule": first["rule"],
+            "seeds": int(runs["seed"].nunique()),
+            "steps": float(times.loc[variant, "steps"]) if times is not None else math.nan,
+            "s_per_step": float(times.loc[variant, "total"]) if times is not None else math.nan,
+            "generate_s": float(times.loc[variant, "t_generate"]) if times is not None
+            else math.nan,
+            "update_s": float(times.loc[variant, "t_update"]) if times is not None else math.nan,
+            "peak_acc": float(a["mean"].max()), "final_acc": float(finals.mean()),
+            "final_acc_std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
+            "t_threshold_s": head["t_method"], "speedup": head["speedup"],
+            "speedup_per_seed": " ".join(f"{x:.2f}" for x in per_seed),
+        })
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub-flavoured markdown table of `df` (floats rounded to `digits`)."""
+    def cell(x: Any) -> str:
+        if isinstance(x, float):
+            return "-" if math.isnan(x) else f"{x:.{digits}f}" if math.isfinite(x) else str(x)
+        return str(x)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(x) for x in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body]) + "\n"
+
+
+def write_summary(table: pd.DataFrame, out_dir: str | Path, name: str = "summary") -> list[Path]:
+    """Write `table` as <name>.csv and <name>.md in `out_dir` (atomically); returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    write_text(csv, table.to_csv(index=False))
+    write_text(md, markdown_table(table))
+    return [csv, md]
