@@ -47,8 +47,8 @@ def _check_rewards(rewards: Tensor, ranks: tuple[int, ...] = (1, 2)) -> None:
         raise ValueError(f"rewards must be a tensor of shape {shapes}; got {got}")
     if not rewards.is_floating_point():
         raise ValueError(f"rewards must be a floating-point tensor; got dtype {rewards.dtype}")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards must be finite; got NaN or inf")
+    if rewards.numel() and not torch.isfinite(torch.stack(torch.aminmax(rewards))).all():
+        raise ValueError("rewards must be finite; got NaN or inf")  # NaN propagates to min/max
 
 
 def _check_m(m: int, n: int) -> None:
@@ -60,6 +60,9 @@ def _check_m(m: int, n: int) -> None:
 def candidate_variances(rewards: Tensor, m: int) -> tuple[Tensor, Tensor]:
     """Variances of the m + 1 candidates "k highest + (m - k) lowest", k = 0..m.
 
+    Only the m highest and m lowest of the sorted rewards enter a candidate, so the prefix sums
+    run over those 2m values (in float64, centred on the row mean to avoid cancellation).
+
     Args:
         rewards: [G, n] float rewards.
         m: subset size.
@@ -67,19 +70,18 @@ def candidate_variances(rewards: Tensor, m: int) -> tuple[Tensor, Tensor]:
     Returns:
         (var [G, m + 1] float64 indexed by k, order [G, n] the stable descending sort indices).
     """
-    n = rewards.shape[-1]
-    order = rewards.argsort(dim=-1, descending=True, stable=True)  # [G, n]
+    ranked, order = rewards.double().sort(dim=-1, descending=True, stable=True)  # [G, n]
     if m == 1:
-        return rewards.new_zeros(rewards.shape[0], 2, dtype=torch.float64), order
-    r = rewards.double().gather(-1, order)
-    r = r - r.mean(dim=-1, keepdim=True)  # shift-invariant; avoids cancellation in sum(r^2)
-    zero = r.new_zeros(r.shape[0], 1)
-    s1 = torch.cat([zero, r.cumsum(-1)], dim=-1)  # [G, n + 1], s1[:, j] = sum of first j
-    s2 = torch.cat([zero, (r * r).cumsum(-1)], dim=-1)
-    k = torch.arange(m + 1, device=r.device)  # [m + 1] number taken from the top
-    low_start = n - (m - k)  # the (m - k) lowest are positions low_start..n-1
-    total1 = s1[:, k] + s1[:, -1:] - s1[:, low_start]  # [G, m + 1]
-    total2 = s2[:, k] + s2[:, -1:] - s2[:, low_start]
+        return ranked.new_zeros(ranked.shape[0], 2), order
+    ranked = ranked - ranked.mean(dim=-1, keepdim=True)  # variance is shift-invariant
+    zero = ranked.new_zeros(ranked.shape[0], 1)
+    top = ranked[:, :m]  # [G, m] highest first
+    low = ranked[:, -m:].flip(-1)  # [G, m] lowest first
+    top1 = torch.cat([zero, top.cumsum(-1)], dim=-1)  # [G, m + 1], sum of the k highest
+    top2 = torch.cat([zero, (top * top).cumsum(-1)], dim=-1)
+    low1 = torch.cat([zero, low.cumsum(-1)], dim=-1).flip(-1)  # [G, m + 1], sum of m - k lowest
+    low2 = torch.cat([zero, (low * low).cumsum(-1)], dim=-1).flip(-1)
+    total1, total2 = top1 + low1, top2 + low2  # [G, m + 1] indexed by k
     var = ((total2 - total1 * total1 / m) / (m - 1)).clamp_min(0.0)
     return var, order
 
