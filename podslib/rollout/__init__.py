@@ -44,8 +44,8 @@ def make_engine(
 
     hf: generates with `policy` (+ `tokenizer`), or loads them from `model_path`; its
     sync_weights just points at the given policy. vllm: loads `model_path` into an in-process
-    vLLM engine; sync_weights pushes the policy's merged weights. auto: vllm when importable,
-    else hf (logged). `max_batch_size` bounds the rows per hf `generate` call.
+    vLLM engine (then syncs `policy` when given); sync_weights pushes the policy's merged
+    weights. auto: vllm when importable and `model_path` is given, else hf (logged). `max_batch_size` bounds the rows per hf `generate` call.
     """
     if name not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {name!r}")
@@ -76,7 +76,7 @@ def make_engine(
         )
     from .vllm import VLLMEngine
 
-    return VLLMEngine(
+    engine = VLLMEngine(
         model_path,
         tokenizer=tokenizer,
         device=device,
@@ -85,3 +85,6 @@ def make_engine(
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
     )
+    if policy is not None:
+        engine.sync_weights(policy)
+    return engine

@@ -74,6 +74,8 @@ class VLLMEngine(Engine):
         check_generate_args(prompts, n, sampling, seeds)
         if self.llm is None:
             raise RuntimeError("this vllm engine is closed; make a new one with make_engine")
+        if not prompts:
+            return []
         if seeds is None and sampling.seed is not None:
             gen = torch.Generator().manual_seed(sampling.seed)
             seeds = torch.randint(0, 2**62, (len(prompts),), generator=gen).tolist()
