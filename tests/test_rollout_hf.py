@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from podslib import rollout
-from podslib.models import load_policy, make_tiny_model
+from podslib.models import LoraSettings, load_policy, make_tiny_model, merged_state_dict
 from podslib.rollout import Completion, Group, SamplingParams, make_engine
 
 PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"]
@@ -159,6 +159,22 @@ def test_generation_restores_mode_and_global_rng(engine, policy):
     assert model.training
     assert torch.equal(torch.get_rng_state(), state)
     model.eval()
+
+
+def test_lora_policy_generates_like_its_merged_weights(tmp_path):
+    """A peft policy with a trained (non-zero) adapter generates exactly what a plain model
+    holding merged_state_dict(policy) generates."""
+    path = make_tiny_model(tmp_path, seed=1)
+    lora, tok = load_policy(path, lora=LoraSettings(r=4, alpha=8))
+    sft(lora, tok, steps=20, lr=1e-2)
+    plain, _ = load_policy(path)
+    plain.load_state_dict(merged_state_dict(lora))
+    greedy = SamplingParams(temperature=0, max_tokens=12)
+    from_lora = make_engine("hf", policy=lora, tokenizer=tok).generate(PROMPTS, 1, greedy)
+    from_plain = make_engine("hf", policy=plain, tokenizer=tok).generate(PROMPTS, 1, greedy)
+    base, _ = load_policy(path)
+    from_base = make_engine("hf", policy=base, tokenizer=tok).generate(PROMPTS, 1, greedy)
+    assert _ids(from_lora) == _ids(from_plain) != _ids(from_base)
 
 
 def test_chunking_gives_the_same_greedy_output(policy):
