@@ -15,6 +15,7 @@ completions in one call.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import re
@@ -29,13 +30,14 @@ TASKS = ("gsm8k", "math", "math500", "arith")
 MAX_NUMBER_DIGITS = 60          # longer numbers are compared as strings, never converted
 MAX_MATH_CHARS = 4000           # math-verify sees at most the last 4000 characters of a completion
 MATH_TIMEOUT_S = 5.0            # hard limit per MATH completion (parse + verify)
-REL_TOL = Fraction(1, 10**6)    # numeric tolerance, relative to max(1, |gold|)
+ABS_TOL = Fraction(1, 10**6)    # numeric tolerance (absolute: 1450000 != 1450001)
 
 # --------------------------------------------------------------------------- text helpers
 
 _NUMBER = re.compile(r"(?<![\d.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?")
 _CURRENCY = "$€£¥₹¢"
 _HASHES = re.compile(r"####\s*([^\n]*)")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\{")
 _ANSWER_IS = re.compile(r"answer is[:\s]*([^\n]*)", re.IGNORECASE)
 
 
@@ -51,20 +53,23 @@ def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, or None."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
+    """Content of the last closed `\\boxed{...}` (or `\\fbox{...}`), braces balanced, or None.
+
+    One pass with a brace stack (linear time even for thousands of unclosed boxes).
+    """
+    opens = {m.end() - 1 for m in _BOXED.finditer(text)}   # positions of their '{'
+    if not opens:
         return None
-    i = text.index("{", start)
-    depth = 0
-    for j in range(i, len(text)):
+    stack: list[int] = []
+    best: tuple[int, int] | None = None
+    for j in range(min(opens), len(text)):
         if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
-    return None
+            stack.append(j)
+        elif text[j] == "}" and stack:
+            i = stack.pop()
+            if i in opens and (best is None or i > best[0]):
+                best = (i, j)
+    return None if best is None else text[best[0] + 1:best[1]]
 
 
 def answer_block(text: str) -> str | None:
@@ -89,10 +94,10 @@ def normalize_number(text: str) -> str | None:
     s = s.rstrip(".%").lstrip("+")
     if not re.fullmatch(r"-?\d+(?:\.\d+)?", s):
         return None
-    if len(s) > MAX_NUMBER_DIGITS:
-        return s
-    value = Decimal(s)
-    return format(value.normalize(), "f") if value != value.to_integral() else str(int(value))
+    sign, digits = ("-", s[1:]) if s.startswith("-") else ("", s)
+    whole, _, frac = digits.partition(".")
+    canonical = (whole.lstrip("0") or "0") + ("." + frac.rstrip("0") if frac.rstrip("0") else "")
+    return canonical if canonical == "0" else sign + canonical
 
 
 def _to_fraction(canonical: str) -> Fraction | None:
@@ -105,13 +110,13 @@ def _to_fraction(canonical: str) -> Fraction | None:
 
 
 def numbers_equal(a: str, b: str) -> bool:
-    """True when two canonical numbers agree within REL_TOL (exact string match past the digit cap)."""
+    """True when two canonical numbers agree within ABS_TOL (exact string match past the digit cap)."""
     if a == b:
         return True
     fa, fb = _to_fraction(a), _to_fraction(b)
     if fa is None or fb is None:
         return False
-    return abs(fa - fb) <= REL_TOL * max(Fraction(1), abs(fb))
+    return abs(fa - fb) <= ABS_TOL
 
 
 # --------------------------------------------------------------------------- extraction
@@ -227,6 +232,7 @@ class _MathPool:
     def _ensure(self, workers: int):
         if self.pool is None or self.workers != workers:
             self.close()
+            import math_verify  # noqa: F401 - imported before the fork, so workers start warm
             ctx = multiprocessing.get_context("fork")
             self.pool = ctx.Pool(workers)
             self.workers = workers
@@ -259,6 +265,7 @@ class _MathPool:
 
 
 _MATH_POOL = _MathPool()
+atexit.register(_MATH_POOL.close)
 
 
 def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 1,
