@@ -19,6 +19,7 @@ import atexit
 import logging
 import multiprocessing
 import re
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -228,9 +229,10 @@ class _MathPool:
     def __init__(self) -> None:
         self.pool = None
         self.workers = 0
+        self.lock = threading.Lock()   # one batch at a time: a restart must not hit another's jobs
 
     def _ensure(self, workers: int):
-        if self.pool is None or self.workers != workers:
+        if self.pool is None or self.workers < workers:
             self.close()
             import math_verify  # noqa: F401 - imported before the fork, so workers start warm
             ctx = multiprocessing.get_context("fork")
@@ -245,6 +247,10 @@ class _MathPool:
             self.pool = None
 
     def grade(self, pairs: Sequence[tuple[str, str]], workers: int, timeout: float) -> list[bool]:
+        with self.lock:
+            return self._grade(pairs, workers, timeout)
+
+    def _grade(self, pairs: Sequence[tuple[str, str]], workers: int, timeout: float) -> list[bool]:
         out: list[bool] = []
         for lo in range(0, len(pairs), workers):
             pool = self._ensure(workers)
@@ -268,6 +274,12 @@ _MATH_POOL = _MathPool()
 atexit.register(_MATH_POOL.close)
 
 
+def start_math_pool(workers: int) -> None:
+    """Forks the MATH grading workers now (e.g. before CUDA or an inference engine starts)."""
+    with _MATH_POOL.lock:
+        _MATH_POOL._ensure(max(1, workers))
+
+
 def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 1,
                timeout: float = MATH_TIMEOUT_S) -> list[bool]:
     """math-verify grades for aligned completions and golds, each under a hard `timeout` (s).
@@ -283,9 +295,9 @@ def is_correct(completion: str, gold: str, task: str) -> bool:
     """True when `completion` answers `gold` for `task` (see module docstring). Never raises."""
     if not isinstance(completion, str) or not isinstance(gold, str) or task not in TASKS:
         return False
-    if task in ("math", "math500"):
-        return grade_math([completion], [gold])[0]
     try:
+        if task in ("math", "math500"):
+            return grade_math([completion], [gold])[0]
         return _numeric_correct(completion, gold)
     except Exception:  # noqa: BLE001
         return False

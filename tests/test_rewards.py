@@ -16,6 +16,7 @@ from podslib.rewards import (
     last_boxed,
     normalize_number,
     score_batch,
+    start_math_pool,
 )
 
 # --------------------------------------------------------------------------- numbers, extraction
@@ -114,6 +115,24 @@ def test_math_grading_works_outside_the_main_thread():
     thread.start()
     thread.join()
     assert results == {"right": True, "wrong": False}
+
+
+def test_math_grading_from_concurrent_threads():
+    """Two threads grading at once through the shared pool get their own, right answers."""
+    start_math_pool(2)
+    completions = [f"$\\boxed{{{k}/4}}$" for k in range(8)]
+    results = {}
+
+    def grade(name, golds):
+        results[name] = grade_math(completions, golds, workers=2)
+    threads = [threading.Thread(target=grade, args=("a", ["\\frac{1}{2}"] * 8)),
+               threading.Thread(target=grade, args=("b", ["0.75"] * 8))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["a"] == [k == 2 for k in range(8)]
+    assert results["b"] == [k == 3 for k in range(8)]
 
 
 @pytest.mark.timeout(120)
