@@ -156,27 +156,35 @@ def _exp_dirs(root: str | Path, experiment: str | None) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def _load(root: str | Path, experiment: str | None, filename: str, columns: tuple) -> pd.DataFrame:
+def _frame(runs: list[Path], filename: str) -> pd.DataFrame:
     rows = []
-    for exp_dir in _exp_dirs(root, experiment):
-        for run in find_runs(exp_dir):
-            info = _run_info(run)
-            rows += [{**info, **rec} for rec in read_jsonl(run / filename)]
+    for run in runs:
+        info = _run_info(run)
+        rows += [{**info, **rec} for rec in read_jsonl(run / filename)]
     if not rows:
-        return pd.DataFrame(columns=[*RUN_COLUMNS, *columns])
+        return pd.DataFrame(columns=[*RUN_COLUMNS, "step", "train_time_s"])
     return pd.DataFrame(rows)
+
+
+def load_run(run_dir: str | Path, filename: str = "eval.jsonl") -> pd.DataFrame:
+    """One run's records of `filename` (eval.jsonl or metrics.jsonl) with the run columns."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} has no config.yaml")
+    return _frame([run_dir], filename)
 
 
 def load_runs(root: str | Path, experiment: str | None = None) -> pd.DataFrame:
     """Evaluation curves of every run under `root` (or `root/experiment`): one row per
     evaluation with experiment, variant, seed, run_id, n, m, rule, complete, step,
     train_time_s, accuracy, ... (eval.jsonl keys)."""
-    return _load(root, experiment, "eval.jsonl", ("step", "train_time_s", "accuracy"))
+    return _frame([r for d in _exp_dirs(root, experiment) for r in find_runs(d)], "eval.jsonl")
 
 
 def load_metrics(root: str | Path, experiment: str | None = None) -> pd.DataFrame:
     """Per-step training metrics (metrics.jsonl) of every run, with the same run columns."""
-    return _load(root, experiment, "metrics.jsonl", ("step", "train_time_s", *PHASES))
+    return _frame([r for d in _exp_dirs(root, experiment) for r in find_runs(d)],
+                  "metrics.jsonl")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -276,23 +284,25 @@ def step_times(metrics: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str = "grpo",
+def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | None = "grpo",
                   frac: float = 0.99) -> pd.DataFrame:
     """One row per variant: n, m, rule, seeds, steps, s/step (generate, update), peak accuracy of
     the seed-mean curve, final accuracy (mean and std over seeds), time to the threshold and the
-    speedup over `baseline` (mean curves, and per seed)."""
-    if baseline not in set(curves["variant"]):
+    speedup over `baseline` (mean curves, and per seed; NaN / empty when baseline is None)."""
+    if baseline is not None and baseline not in set(curves["variant"]):
         got = sorted(set(curves["variant"]))
         raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
     agg = aggregate(curves)
     times = step_times(metrics) if len(metrics) else None
-    b = agg[agg["variant"] == baseline]
+    b = agg[agg["variant"] == baseline] if baseline is not None else None
     rows = []
     for variant, runs in curves.groupby("variant", sort=False):
         a = agg[agg["variant"] == variant]
         finals = runs.sort_values("train_time_s").groupby("seed")["accuracy"].last()
-        head = speedup(b["train_time_s"], b["mean"], a["train_time_s"], a["mean"], frac)
-        per_seed = seed_speedups(curves, baseline, variant, frac)["speedup"]
+        head = (speedup(b["train_time_s"], b["mean"], a["train_time_s"], a["mean"], frac)
+                if b is not None else {"t_method": math.nan, "speedup": math.nan})
+        per_seed = (seed_speedups(curves, baseline, variant, frac)["speedup"]
+                    if b is not None else [])
         first = runs.iloc[0]
         rows.append({
             "variant": variant, "n": int(first["n"]), "m": int(first["m"]), "rule": first["rule"],

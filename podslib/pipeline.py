@@ -1,0 +1,358 @@
+"""Experiment grids and the papermill pipeline behind the `pods` command.
+
+A grid file (configs/*.yaml) names an experiment, the seeds, the Config fields shared by all runs
+(`base`) and the named variants (`grid`, each a mapping of fields that differ):
+
+    experiment: tiny
+    seeds: [0, 1, 2]
+    base: {max_train_seconds: 90, ...}
+    grid:
+      grpo: {n: 4, m: 4}
+      pods: {n: 16, m: 4}
+
+Each (variant, seed) is one run: notebooks/03_train.ipynb executed by papermill, the executed
+notebook saved in its run folder results/<experiment>/<variant>-s<seed>/. Completed runs
+(summary.json present) are skipped; an interrupted run with the same config is resumed; a folder
+holding another experiment or another config is an error raised before anything runs. Nothing
+already written in a run folder is overwritten.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import results as R
+from .config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+CONFIGS = REPO / "configs"
+GRID_KEYS = ("experiment", "description", "inherit", "seeds", "base", "grid")
+# Config fields holding paths: relative values are taken relative to the repository root (the
+# notebooks run with notebooks/ as working directory, the `pods` command wherever it is called).
+PATH_FIELDS = ("model", "train_source", "test_source", "results_root", "cache_dir")
+
+
+# ----------------------------------------------------------------------------------------------
+# grid files
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of a grid: a variant with a seed, and its full config values."""
+
+    variant: str
+    seed: int
+    values: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return R.run_id(self.variant, self.seed)
+
+    def config(self, **overrides: Any) -> Config:
+        return Config.from_dict({**self.values, **overrides})
+
+
+@dataclass
+class Grid:
+    """A parsed grid file (see module docstring)."""
+
+    experiment: str
+    source: Path
+    seeds: list[int]
+    base: dict[str, Any]
+    variants: dict[str, dict[str, Any]]
+    description: str = ""
+
+    def values(self, variant: str, seed: int) -> dict[str, Any]:
+        """The config values of (variant, seed): base, then the variant, then identity fields."""
+        if variant not in self.variants:
+            raise ValueError(f"variant must be one of {', '.join(map(repr, self.variants))}; "
+                             f"got {variant!r}")
+        values = {"results_root": "results", **self.base, **self.variants[variant],
+                  "experiment": self.experiment, "seed": seed, "run_name": R.run_id(variant, seed)}
+        return resolve_paths(values)
+
+    def config(self, variant: str, seed: int, **overrides: Any) -> Config:
+        """The validated Config of (variant, seed) with `overrides` applied."""
+        return Config.from_dict({**self.values(variant, seed), **overrides})
+
+    def runs(self, seeds: list[int] | None = None, only: list[str] | None = None) -> list[RunSpec]:
+        """The grid's runs, variant-major, optionally restricted to `seeds` / variants `only`."""
+        for name in only or []:
+            if name not in self.variants:
+                raise ValueError(f"--only must name variants among "
+                                 f"{', '.join(map(repr, self.variants))}; got {name!r}")
+        names = only or list(self.variants)
+        return [RunSpec(v, s, self.values(v, s)) for v in names for s in (seeds or self.seeds)]
+
+
+def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """Make the PATH_FIELDS values that are relative paths absolute, against the repository root:
+    results_root always, the others when that path exists (else they are hub ids, 'tiny', ...)."""
+    out = dict(values)
+    for key in PATH_FIELDS:
+        value = out.get(key)
+        if not isinstance(value, str) or Path(value).expanduser().is_absolute():
+            continue
+        if key == "results_root" or (REPO / value).exists():
+            out[key] = str((REPO / value).resolve())
+    return out
+
+
+def _read_grid_file(path: Path) -> dict[str, Any]:
+    """The YAML mapping of a grid file, with `inherit: OTHER.yaml` (a path relative to this file)
+    merged in: the other file's base and seeds are the defaults of this one's."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist (see configs/)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping with keys "  # noqa: TRY004
+                         f"{', '.join(GRID_KEYS)}")
+    unknown = [k for k in data if k not in GRID_KEYS]
+    if unknown:
+        raise ValueError(f"config file {str(path)!r}: unknown top-level key(s) {unknown}; "
+                         f"accepted: {', '.join(GRID_KEYS)}")
+    if "inherit" in data:
+        parent = _read_grid_file(path.parent / str(data["inherit"]))
+        data = {**data, "seeds": data.get("seeds", parent.get("seeds", [0])),
+                "base": {**(parent.get("base") or {}), **(data.get("base") or {})}}
+    return data
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Parse and validate a grid file: every variant must give a valid Config."""
+    path = Path(path)
+    data = _read_grid_file(path)
+    experiment = data.get("experiment")
+    if not isinstance(experiment, str) or not experiment or "/" in experiment:
+        raise ValueError(f"config file {str(path)!r}: experiment must be a folder name "
+                         f"(non-empty, no '/'); got {experiment!r}")
+    seeds = data.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise ValueError(f"config file {str(path)!r}: seeds must be a non-empty list of "
+                         f"integers >= 0; got {seeds!r}")
+    base, variants = data.get("base") or {}, data.get("grid") or {}
+    if not isinstance(base, dict):
+        raise ValueError(f"config file {str(path)!r}: base must be a mapping of Config "  # noqa: TRY004
+                         f"fields; got {base!r}")
+    if not isinstance(variants, dict) or not variants or \
+            not all(isinstance(v, dict | None) for v in variants.values()):
+        raise ValueError(f"config file {str(path)!r}: grid must map variant names to mappings "
+                         f"of Config fields; got {variants!r}")
+    grid = Grid(experiment, path.resolve(), list(seeds), dict(base),
+                {str(k): dict(v or {}) for k, v in variants.items()},
+                description=str(data.get("description", "")))
+    for name in grid.variants:
+        if "/" in name:
+            raise ValueError(f"config file {str(path)!r}: variant names must not contain '/'; "
+                             f"got {name!r}")
+        try:
+            grid.config(name, grid.seeds[0])
+        except ValueError as err:
+            raise ValueError(f"config file {str(path)!r}, variant {name!r}: {err}") from err
+    return grid
+
+
+# ----------------------------------------------------------------------------------------------
+# notebooks through papermill
+# ----------------------------------------------------------------------------------------------
+
+class NotebookError(RuntimeError):
+    """A notebook cell failed; the message names the cell and its error."""
+
+    def __init__(self, notebook: Path, output: Path, ename: str, evalue: str, cell: int):
+        self.notebook, self.output, self.ename, self.evalue, self.cell = (
+            notebook, output, ename, evalue, cell)
+        super().__init__(f"{notebook.name} failed in cell {cell}: {ename}: {evalue} "
+                         f"(executed notebook: {output})")
+
+
+def default_kernel() -> str:
+    """'pods-kit' (registered by `make setup`) when installed, else the 'python3' kernel of the
+    running interpreter."""
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    return "pods-kit" if "pods-kit" in find_kernel_specs() else "python3"
+
+
+def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
+    """ValueError naming every parameter the notebook's `parameters` cell does not define
+    (papermill would only warn and inject it anyway)."""
+    import papermill as pm
+
+    known = pm.inspect_notebook(str(notebook))
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ValueError(f"parameters {unknown} are not in {Path(notebook).name}'s parameters "
+                         f"cell; accepted: {', '.join(known)}")
+
+
+def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any],
+            kernel: str | None = None, progress: bool = True) -> Path:
+    """Run `notebook` with `parameters` (checked first) via papermill, cwd = notebooks/, saving
+    the executed copy at `output` (a free name beside it if taken: nothing is overwritten).
+    A failing cell raises NotebookError with the cell's error. Returns the output path."""
+    import papermill as pm
+
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise FileNotFoundError(f"notebook {str(notebook)!r} does not exist")
+    check_parameters(notebook, parameters)
+    output = R.fresh_path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(notebook), str(output), parameters=parameters,
+                            kernel_name=kernel or default_kernel(), progress_bar=progress,
+                            cwd=str(notebook.parent), start_timeout=120)
+    except pm.PapermillExecutionError as err:
+        raise NotebookError(notebook, output, err.ename, err.evalue, err.exec_count) from err
+    return output
+
+
+# ----------------------------------------------------------------------------------------------
+# running a grid
+# ----------------------------------------------------------------------------------------------
+
+def _fmt(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def preflight(grid: Grid, specs: list[RunSpec], root: Path,
+              overrides: dict[str, Any]) -> dict[str, str]:
+    """Check the experiment folder and every run folder before anything runs; returns each run's
+    state: 'complete', 'resume' (interrupted, same config) or 'new'. A folder of another
+    experiment, or a run folder holding another config, raises ValueError."""
+    exp_dir = root / grid.experiment
+    R.claim_experiment(exp_dir, grid.experiment, grid.source.name)
+    states = {}
+    for spec in specs:
+        run_dir = exp_dir / spec.run_id
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            states[spec.run_id] = "new"
+            continue
+        differ = spec.config(**overrides).differing_fields(Config.from_yaml(saved))
+        if differ:
+            raise ValueError(f"run folder {str(run_dir)!r} holds a run with a different config "
+                             f"(fields {', '.join(differ)}); use another experiment name or "
+                             "move that folder (nothing was overwritten)")
+        states[spec.run_id] = "complete" if R.is_complete(run_dir) else "resume"
+    return states
+
+
+def run_grid(config_file: str | Path, seeds: list[int] | None = None,
+             only: list[str] | None = None, results_root: str | Path | None = None,
+             overrides: dict[str, Any] | None = None, kernel: str | None = None,
+             progress: bool = True, log=print) -> dict[str, list[str]]:
+    """Run every (variant, seed) of the grid through notebooks/03_train.ipynb.
+
+    Completed runs are skipped, failed ones reported (with the failing cell's error) while the
+    others go on. Returns {'done': [...], 'skipped': [...], 'failed': [...]} of run ids.
+    """
+    grid = load_grid(config_file)
+    specs = grid.runs(seeds, only)
+    first = next(iter(grid.variants))
+    root = Path(results_root or grid.values(first, grid.seeds[0])["results_root"]).resolve()
+    overrides = {**(overrides or {}), "results_root": str(root)}
+    states = preflight(grid, specs, root, overrides)
+    out: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
+    todo = [s for s in specs if states[s.run_id] != "complete"]
+    for spec in specs:
+        if states[spec.run_id] == "complete":
+            log(f"[skip] {grid.experiment}/{spec.run_id}: complete (summary.json present)")
+            out["skipped"].append(spec.run_id)
+    start = time.perf_counter()
+    for k, spec in enumerate(todo, 1):
+        run_dir = root / grid.experiment / spec.run_id
+        resume = states[spec.run_id] == "resume"
+        log(f"[{k}/{len(todo)}] {grid.experiment}/{spec.run_id}: "
+            f"{'resuming' if resume else 'starting'}")
+        t0 = time.perf_counter()
+        try:
+            execute(NOTEBOOKS / "03_train.ipynb", run_dir / "03_train.ipynb",
+                    {"config_file": str(grid.source), "variant": spec.variant,
+                     "seed": spec.seed, "overrides": overrides, "run_dir": str(run_dir),
+                     "resume": resume}, kernel=kernel, progress=progress)
+            out["done"].append(spec.run_id)
+            status = "done"
+        except NotebookError as err:
+            out["failed"].append(spec.run_id)
+            status = f"FAILED: {err}"
+        elapsed = time.perf_counter() - start
+        eta = elapsed / k * (len(todo) - k)
+        log(f"[{k}/{len(todo)}] {spec.run_id}: {status} in {_fmt(time.perf_counter() - t0)} "
+            f"(elapsed {_fmt(elapsed)}, ETA {_fmt(eta)})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# report and reproduce
+# ----------------------------------------------------------------------------------------------
+
+def report(experiment: str, results_root: str | Path = REPO / "results", kernel: str | None = None,
+           progress: bool = True, baseline: str = "grpo") -> Path:
+    """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
+    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced."""
+    exp_dir = Path(results_root).resolve() / experiment
+    if not R.find_runs(exp_dir):
+        raise FileNotFoundError(f"no runs under {str(exp_dir)!r}; run `pods run CONFIG` first")
+    output = exp_dir / "04_plots.ipynb"
+    output.unlink(missing_ok=True)
+    return execute(NOTEBOOKS / "04_plots.ipynb", output,
+                   {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
+                    "baseline": baseline}, kernel=kernel, progress=progress)
+
+
+def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
+              results_root: str | Path = REPO / "results",
+              kernel: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+    """The tiny default end to end: warm-start (cached), 01_rollouts, 02_downsampling, the grid
+    (GRPO vs GRPO-PODS, 3 seeds each, same training-time budget), 04_plots. Steps already done
+    are skipped. Returns the grid outcome and the elapsed seconds."""
+    from .sft import warm_start
+
+    start = time.perf_counter()
+    grid = load_grid(config_file)
+    root = Path(results_root).resolve()
+    exp_dir = root / grid.experiment
+    R.claim_experiment(exp_dir, grid.experiment, grid.source.name)
+    first = grid.config(next(iter(grid.variants)), grid.seeds[0])
+
+    def step(name: str) -> None:
+        log(f"== {name} (elapsed {_fmt(time.perf_counter() - start)})")
+
+    if first.model == "tiny" and first.warm_start:
+        step("warm-start of the tiny model (cached in cache_dir after the first time)")
+        log(f"   model: {warm_start(first, Path(first.cache_dir).expanduser())}")
+    rollouts, ablation = exp_dir / "rollouts", exp_dir / "downsampling"
+    step("01_rollouts: n rollouts per prompt, reward distributions")
+    if (rollouts / "rollouts.npz").exists():
+        log(f"   [skip] {rollouts}/rollouts.npz exists")
+    else:
+        execute(NOTEBOOKS / "01_rollouts.ipynb", rollouts / "01_rollouts.ipynb",
+                {"config_file": str(grid.source), "out_dir": str(rollouts)}, kernel, progress)
+    step("02_downsampling: the rules on the saved rollouts")
+    if (ablation / "rule_statistics.csv").exists():
+        log(f"   [skip] {ablation}/rule_statistics.csv exists")
+    else:
+        execute(NOTEBOOKS / "02_downsampling.ipynb", ablation / "02_downsampling.ipynb",
+                {"rollouts_dir": str(rollouts), "out_dir": str(ablation)}, kernel, progress)
+    step(f"training grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds")
+    outcome = run_grid(config_file, results_root=root, kernel=kernel, progress=progress, log=log)
+    step("04_plots: figures and summary table")
+    report(grid.experiment, root, kernel=kernel, progress=progress)
+    summary = exp_dir / "summary.md"
+    if summary.exists():
+        log(summary.read_text())
+    elapsed = time.perf_counter() - start
+    log(f"== reproduce finished in {_fmt(elapsed)}; results in {exp_dir}")
+    return {**outcome, "elapsed_s": elapsed}
+
