@@ -1,0 +1,222 @@
+"""podslib.trainer: the phases of a step against brute-force oracles, config errors before any
+model load, and a short end-to-end PODS run on the tiny model (hf engine, CPU)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from podslib import trainer as T
+from podslib.config import Config
+from podslib.rollout import Completion, Group
+
+# A small, easy setting that warm-starts in ~30 s: one operation on operands 0..19, a 2-layer
+# hidden-32 model; 800 supervised steps bring it to partial competence (about 30% correct).
+EASY = {
+    "tiny_hidden": 32, "tiny_layers": 2, "tiny_heads": 2, "arith_steps_min": 1,
+    "arith_steps_max": 1, "arith_operand_min": 0, "arith_operand_max": 19,
+    "warm_start_steps": 800, "warm_start_batch_size": 32, "max_completion_tokens": 16,
+    "train_size": 200, "test_size": 24, "eval_repeats": 2, "eval_every_s": 0.0,
+    "eval_every_steps": 2, "checkpoint_every_s": 0.0, "max_train_seconds": 0.0, "max_steps": 4,
+    "n": 8, "m": 4, "prompts_per_step": 4, "micro_batch_size": 4, "lr": 1e-4,
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "pods-cache"
+
+
+def easy(cache_dir, **overrides) -> Config:
+    return Config.from_dict({**EASY, "cache_dir": str(cache_dir), **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny(cache_dir):
+    """(model, tokenizer) of the randomly initialised easy tiny model."""
+    from podslib.models import load_policy
+    from podslib.sft import tiny_base
+
+    return load_policy(tiny_base(easy(cache_dir), cache_dir))
+
+
+# ------------------------------------------------------------------------------------------------
+# data order and seeds
+# ------------------------------------------------------------------------------------------------
+
+def test_step_prompts_walk_a_permutation_per_epoch():
+    """10 prompts, 4 per step: steps 0-1 and half of step 2 cover epoch 0 exactly once."""
+    seen = [i for s in range(5) for i in T.step_prompt_indices(s, 4, 10, seed=3)]
+    assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
+    assert seen[:10] != seen[10:20]                       # a fresh order per epoch
+    assert T.step_prompt_indices(2, 4, 10, 3) == seen[8:12]
+    assert T.step_prompt_indices(0, 4, 10, 4) != seen[:4]
+
+
+def test_derive_seed_is_stable_and_distinct():
+    assert T.derive_seed(0, "rollout", 1, 2) == T.derive_seed(0, "rollout", 1, 2)
+    assert len({T.derive_seed(0, "rollout", 1, j) for j in range(100)}) == 100
+    assert 0 <= T.derive_seed("x") < 2**62
+
+
+# ------------------------------------------------------------------------------------------------
+# select / advantages
+# ------------------------------------------------------------------------------------------------
+
+def test_vanilla_grpo_keeps_all_rollouts_in_order():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    keep, idx, adv = T.select_rollouts(rewards, Config(n=4, m=4), step=0)
+    assert keep.tolist() == [True] and idx.tolist() == [[0, 1, 2, 3]]
+    # mean 0.5, unbiased std sqrt(1/3): A = +-0.5 / (0.57735 + 1e-4)
+    assert torch.allclose(adv, torch.tensor([[1, -1, -1, 1]]) * 0.5 / (math.sqrt(1 / 3) + 1e-4))
+
+
+def test_pods_selects_max_variance_and_normalises_over_selection():
+    """n = 6 with rewards [1,1,1,1,0,1], m = 2: the max-variance pair is one 1 and the 0."""
+    rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0]])
+    _, idx, adv = T.select_rollouts(rewards, Config(n=6, m=2), step=0)
+    assert sorted(rewards[0, idx[0]].tolist()) == [0.0, 1.0]
+    # selected {1, 0}: mean 0.5, std sqrt(0.5) -> A = +-0.5 / (0.70711 + 1e-4)
+    expected = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert torch.allclose(adv.abs(), torch.full((1, 2), expected))
+    # over all n: mean 5/6, std sqrt(1/6): the 0 gets -(5/6) / (0.40825 + 1e-4)
+    _, idx_all, adv_all = T.select_rollouts(rewards, Config(n=6, m=2, adv_over="all"), step=0)
+    low = adv_all[0, rewards[0, idx_all[0]] == 0]
+    assert torch.allclose(low, torch.tensor([-(5 / 6) / (math.sqrt(1 / 6) + 1e-4)]))
+
+
+def test_zero_variance_filter_drops_uniform_groups():
+    rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    keep, _, _ = T.select_rollouts(rewards, Config(n=4, m=2, group_filter="zero_variance"), 0)
+    assert keep.tolist() == [False, True]
+
+
+# ------------------------------------------------------------------------------------------------
+# batch layout and log-probs
+# ------------------------------------------------------------------------------------------------
+
+def _groups():
+    c = [Completion("", [7, 8, 2], "stop"), Completion("", [9], "stop"),
+         Completion("", [5, 6], "length")]
+    return [Group("a", [11, 12, 13], c[:2]), Group("b", [14], [c[2], c[0]])]
+
+
+def test_build_batch_pads_prompts_left_and_completions_right():
+    idx = torch.tensor([[1, 0], [0, 1]])
+    adv = torch.tensor([[0.5, -0.5], [1.0, -1.0]])
+    batch = T.build_batch(_groups(), idx, adv, torch.tensor([True, True]), pad_id=0)
+    assert batch.prompt_len == 3
+    assert batch.input_ids.tolist() == [[11, 12, 13, 9, 0, 0], [11, 12, 13, 7, 8, 2],
+                                        [0, 0, 14, 5, 6, 0], [0, 0, 14, 7, 8, 2]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1],
+                                             [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+    assert batch.completion_mask.tolist() == [[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]]
+    assert batch.advantages.tolist() == [0.5, -0.5, 1.0, -1.0]
+    dropped = T.build_batch(_groups(), idx, adv, torch.tensor([False, True]), pad_id=0)
+    assert len(dropped) == 2 and dropped.prompt_len == 1
+
+
+def test_completion_logprobs_match_unpadded_forward(tiny):
+    """Brute force: each row alone, without padding, through the model and log_softmax."""
+    model, _ = tiny
+    model.eval()
+    batch = T.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]), torch.zeros(2, 2),
+                          torch.tensor([True, True]), pad_id=0)
+    got = T.completion_logprobs(model, batch)
+    rows = [([11, 12, 13], [9]), ([11, 12, 13], [7, 8, 2]), ([14], [5, 6]), ([14], [7, 8, 2])]
+    with torch.no_grad():
+        for r, (prompt, comp) in enumerate(rows):
+            ids = torch.tensor([prompt + comp])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            want = torch.stack([logp[len(prompt) - 1 + t, tok] for t, tok in enumerate(comp)])
+            assert torch.allclose(got[r, :len(comp)], want, atol=1e-5), r
+
+
+def test_micro_batching_gives_the_full_batch_gradient(tiny, cache_dir):
+    """Gradient accumulation over micro-batches of 1 equals one batch of 4 (sum of shares)."""
+    from podslib.loss import grpo_loss
+
+    model, _ = tiny
+    model.train()
+    batch = T.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]),
+                          torch.tensor([[0.5, -0.5], [1.0, -1.0]]), torch.tensor([True, True]), 0)
+    grads = []
+    for size in (4, 1):
+        model.zero_grad()
+        tokens = int(batch.completion_mask.sum())
+        for mb in T.micro_batches(batch, size):
+            lp = T.completion_logprobs(model, mb)
+            loss, _ = grpo_loss(lp, lp.detach(), mb.advantages, mb.completion_mask,
+                                aggregation="grpo", total_sequences=len(batch),
+                                total_tokens=tokens)
+            loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert grads[0].abs().sum() > 0
+    assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# config errors before any model load
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Any attempt to build or load a model fails the test."""
+    import podslib.models
+    import podslib.sft
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model was loaded before the config error")
+
+    for module, name in [(podslib.models, "load_policy"), (podslib.models, "make_tiny_model"),
+                         (podslib.sft, "warm_start"), (podslib.sft, "tiny_base")]:
+        monkeypatch.setattr(module, name, boom)
+
+
+def test_prompts_not_divisible_by_world_size_fail_before_model_load(
+        no_model_load, monkeypatch, tmp_path, cache_dir):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"prompts_per_step must be divisible .* \(2\); got 3"):
+        T.train(easy(cache_dir, prompts_per_step=3), tmp_path / "run")
+
+
+def test_resume_with_another_config_fails_before_model_load(no_model_load, tmp_path, cache_dir):
+    run = tmp_path / "run"
+    run.mkdir()
+    easy(cache_dir).to_yaml(run / "config.yaml")
+    with pytest.raises(ValueError, match=r"field\(s\) n, lr;"):
+        T.train(easy(cache_dir, n=16, lr=5e-4), run, resume=True)
+    with pytest.raises(ValueError, match="already holds a run"):
+        (run / "metrics.jsonl").write_text("")
+        T.train(easy(cache_dir), run)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        T.train(easy(cache_dir), tmp_path / "other", resume=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_short_pods_run_end_to_end(tmp_path, cache_dir):
+    """8 steps of PODS (8 -> 4) from the warm-started easy model: every metric key present,
+    phases timed, evaluations at steps 0, 4, 8, accuracy does not collapse, one checkpoint."""
+    cfg = easy(cache_dir, max_steps=8, eval_every_steps=4, eval_repeats=4)
+    summary = T.train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 9))
+    for line in lines:
+        assert set(T.METRIC_KEYS) <= set(line)
+        assert line["t_generate"] > 0 and line["t_update"] > 0 and line["t_score"] > 0
+        assert line["tokens_trained"] <= line["tokens_generated"]
+        assert line["train_time_s"] <= line["wall_s"]
+    assert any(x["grad_norm"] > 0 for x in lines)
+    evals = [json.loads(x) for x in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 4, 8]
+    assert all(set(T.EVAL_KEYS) <= set(e) for e in evals)
+    base = evals[0]["accuracy"]
+    assert 0.05 < base < 0.9, "the warm-start should give partial competence"
+    assert summary["final_accuracy"] >= base - 0.2
+    assert summary["steps"] == 8 and summary["base_accuracy"] == base
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000008"]
