@@ -1,0 +1,146 @@
+"""The four notebooks: committed clean with one literal parameters cell, and each executes under
+papermill with tiny parameters (a failing cell fails the test with the cell's error)."""
+
+import ast
+import json
+
+import nbformat
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from podslib import pipeline
+from podslib import results as R
+
+NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots"]
+
+# A grid small enough for CPU tests: untrained tiny model (no warm-start), 2 steps, 4 problems.
+TINY_BASE = {"warm_start": False, "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+             "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
+             "prompts_per_step": 2, "max_completion_tokens": 12, "tiny_hidden": 32,
+             "tiny_layers": 1, "tiny_heads": 2}
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory):
+    """A grid file with variants grpo (2/2) and pods (4/2) on the tiny settings above."""
+    folder = tmp_path_factory.mktemp("grid")
+    path = folder / "nbtest.yaml"
+    path.write_text(yaml.safe_dump({
+        "experiment": "nbtest", "seeds": [0],
+        "base": {**TINY_BASE, "cache_dir": str(folder / "cache")},
+        "grid": {"grpo": {"n": 2, "m": 2}, "pods": {"n": 4, "m": 2}}}))
+    return path
+
+
+def run_notebook(name: str, output, parameters: dict) -> None:
+    """Execute notebooks/<name>.ipynb; a failing cell fails the test with its error."""
+    try:
+        pipeline.execute(pipeline.NOTEBOOKS / f"{name}.ipynb", output, parameters,
+                         kernel=pipeline.default_kernel(), progress=False)
+    except pipeline.NotebookError as err:
+        pytest.fail(f"{name}: cell {err.cell} raised {err.ename}: {err.evalue}", pytrace=False)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_is_committed_clean_with_one_literal_parameters_cell(name):
+    book = nbformat.read(pipeline.NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    for stmt in ast.parse(tagged[0].source).body:          # name = literal, nothing else
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+        ast.literal_eval(stmt.value)
+    index = book.cells.index(tagged[0])
+    assert book.cells[index + 1].cell_type == "code"       # derived values come next
+    for cell in book.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None
+    assert book.metadata.kernelspec.name == "pods-kit"
+
+
+def test_unknown_parameter_is_an_error_before_any_kernel_starts(tmp_path):
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(ValueError, match=r"\['rollout_dir'\] are not in 02_downsampling"):
+        pipeline.execute(pipeline.NOTEBOOKS / "02_downsampling.ipynb", out,
+                         {"rollout_dir": str(tmp_path)})
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_failing_cell_fails_with_the_cell_error(tmp_path):
+    """02 on a folder without rollouts: the load cell raises FileNotFoundError; the helper turns
+    it into a test failure that names the error; the executed notebook is kept."""
+    params = {"rollouts_dir": str(tmp_path / "none"), "out_dir": str(tmp_path / "out")}
+    with pytest.raises(pytest.fail.Exception, match="FileNotFoundError: rollouts file"):
+        run_notebook("02_downsampling", tmp_path / "02.ipynb", params)
+    assert (tmp_path / "02.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_rollouts_then_downsampling(tmp_path, tiny_grid):
+    rollouts, ablation = tmp_path / "rollouts", tmp_path / "downsampling"
+    run_notebook("01_rollouts", rollouts / "01.ipynb",
+                 {"config_file": str(tiny_grid), "variant": "pods", "num_prompts": 3, "n": 4,
+                  "out_dir": str(rollouts)})
+    saved = np.load(rollouts / "rollouts.npz")
+    assert saved["rewards"].shape == saved["correct"].shape == (3, 4)
+    assert len((rollouts / "rollouts.jsonl").read_text().splitlines()) == 3
+    assert {p.name for p in (rollouts / "figures").iterdir()} == \
+        {"reward_histograms.png", "zero_variance.png"}
+    run_notebook("02_downsampling", ablation / "02.ipynb",
+                 {"rollouts_dir": str(rollouts), "out_dir": str(ablation), "m_values": [2, 4, 8],
+                  "timing_n": [8, 32], "timing_m": 2, "timing_groups": 4})
+    stats = pd.read_csv(ablation / "rule_statistics.csv")
+    assert len(stats) == 3 * 2                                # 3 rules x m in {2, 4} (8 > n)
+    assert set(stats["m"]) == {2, 4}
+    assert len(pd.read_csv(ablation / "selection_timing.csv")) == 3 * 2
+    assert len(list((ablation / "figures").glob("*.png"))) == 4
+
+
+@pytest.mark.slow
+def test_train_notebook(tmp_path, tiny_grid):
+    run_dir = tmp_path / "pods-s0"
+    run_notebook("03_train", run_dir / "03_train.ipynb",
+                 {"config_file": str(tiny_grid), "variant": "pods", "seed": 0,
+                  "run_dir": str(run_dir), "overrides": {"results_root": str(tmp_path)}})
+    assert R.is_complete(run_dir)
+    assert [r["step"] for r in R.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert {p.name for p in (run_dir / "figures").iterdir()} == {"accuracy.png", "reward.png"}
+
+
+def write_run(exp_dir, variant, seed, n, m, evals, step_s):
+    """A synthetic run folder: config.yaml, eval.jsonl [(t, acc)], metrics.jsonl, summary.json."""
+    run = exp_dir / R.run_id(variant, seed)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"experiment": exp_dir.name, "seed": seed, "n": n, "m": m, "rule": "max_variance"}))
+    (run / "eval.jsonl").write_text("".join(
+        json.dumps({"step": i, "train_time_s": t, "accuracy": a}) + "\n"
+        for i, (t, a) in enumerate(evals)))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i + 1, "train_time_s": (i + 1) * step_s, "t_generate": step_s / 2,
+                    "t_score": 0.0, "t_select": 0.0, "t_update": step_s / 2, "t_sync": 0.0})
+        + "\n" for i in range(4)))
+    (run / "summary.json").write_text("{}")
+
+
+@pytest.mark.slow
+def test_plots_notebook_through_pods_report(tmp_path):
+    """GRPO (both seeds) .2, .4, .6, .8 at t = 0, 10, 20, 30: threshold .792 at 30. PODS
+    .2, .8, .8, .8 reaches it at 10 -> speedup 3 on the mean curves and for each seed."""
+    exp = tmp_path / "synth"
+    for seed in (0, 1):
+        write_run(exp, "grpo", seed, 4, 4, [(0, .2), (10, .4), (20, .6), (30, .8)], 1.0)
+        write_run(exp, "pods", seed, 16, 4, [(0, .2), (10, .8), (20, .8), (30, .8)], 2.0)
+    from podslib.cli import main
+
+    assert main(["report", "synth", "--results-root", str(tmp_path), "--no-progress"]) == 0
+    table = pd.read_csv(exp / "summary.csv").set_index("variant")
+    assert table.loc["pods", "speedup"] == pytest.approx(3.0)
+    assert table.loc["pods", "speedup_per_seed"] == "3.00 3.00"
+    assert table.loc["grpo", "s_per_step"] == pytest.approx(1.0)
+    assert "| pods | 16 | 4 |" in (exp / "summary.md").read_text()
+    assert {p.name for p in (exp / "figures").iterdir()} == {
+        "accuracy_vs_time.png", "peak_accuracy.png", "final_accuracy.png", "step_time.png"}
+    assert (exp / "04_plots.ipynb").exists()
