@@ -1,7 +1,7 @@
 """Rollout throughput of the hf and vllm engines, side by side in one run.
 
 Default: the tiny model (random init, so completions rarely stop early), 64 prompts x n = 16,
-64 new tokens, T = 0.9. Reports engine start time separately from generation, the median over
+64 new tokens, T = 0.9 (`--seeded`: one seed per prompt, as the trainer does). Reports engine start time separately from generation, the median over
 `--repeats` timed calls (after one warm-up call), rollouts/s, generated tokens/s and the
 vllm / hf ratio.
 
@@ -18,8 +18,11 @@ import time
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
-def measure(name: str, model_path, prompts: list[str], n: int, sampling, repeats: int) -> dict:
-    """Start the engine, warm it up, time `repeats` generate calls; medians."""
+def measure(
+    name: str, model_path, prompts: list[str], n: int, sampling, repeats: int, seeded: bool
+) -> dict:
+    """Start the engine, warm it up, time `repeats` generate calls; medians. `seeded`: one seed
+    per prompt, as the trainer passes them."""
     from podslib.rollout import make_engine
 
     start = time.perf_counter()
@@ -29,7 +32,8 @@ def measure(name: str, model_path, prompts: list[str], n: int, sampling, repeats
     times, tokens = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        groups = engine.generate(prompts, n, sampling)
+        seeds = list(range(len(prompts))) if seeded else None
+        groups = engine.generate(prompts, n, sampling, seeds=seeds)
         times.append(time.perf_counter() - t0)
         tokens.append(sum(len(c.token_ids) for g in groups for c in g.completions))
     engine.close()
@@ -52,6 +56,7 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--engines", default="hf,vllm", help="comma-separated: hf, vllm")
+    parser.add_argument("--seeded", action="store_true", help="pass one seed per prompt")
     args = parser.parse_args()
 
     from podslib.models import make_tiny_model
@@ -64,12 +69,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = make_tiny_model(tmp, seed=0)
         rows = [
-            measure(name, path, prompts, args.n, sampling, args.repeats)
+            measure(name, path, prompts, args.n, sampling, args.repeats, args.seeded)
             for name in args.engines.split(",")
         ]
     print(
         f"\n{args.prompts} prompts x n = {args.n}, {args.max_tokens} new tokens, "
-        f"T = {args.temperature}, median of {args.repeats}"
+        f"T = {args.temperature}, median of {args.repeats}, seeded: {args.seeded}"
     )
     header = ("engine", "start s", "gen s", "rollouts/s", "tokens/s", "mean len")
     print(f"{header[0]:8}" + "".join(f"{h:>12}" for h in header[1:]))

@@ -98,6 +98,26 @@ def test_logprobs_are_raw_model_logprobs(engine, policy):
         torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
 
 
+def test_first_tokens_follow_the_tempered_nucleus_distribution(engine, policy):
+    """2,000 one-token samples at T = 0.7, top_p = 0.9: the frequencies match the oracle
+    p = softmax(logits / 0.7) restricted to the smallest set of tokens with mass >= 0.9 and
+    renormalised (standard error <= 0.011, tolerance 0.045), and no token outside that set
+    appears."""
+    model, _ = policy
+    sampling = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=1, seed=11)
+    group = engine.generate(PROMPTS[1:2], 2000, sampling)[0]
+    with torch.no_grad():
+        logits = model(torch.tensor([group.prompt_token_ids])).logits[0, -1]
+    probs, order = torch.softmax(logits / 0.7, dim=-1).sort(descending=True)
+    keep = (probs.cumsum(0) - probs) < 0.9  # tokens before which the mass is below top_p
+    oracle = torch.zeros_like(probs).scatter(0, order[keep], probs[keep] / probs[keep].sum())
+    counts = torch.bincount(
+        torch.tensor([c.token_ids[0] for c in group.completions]), minlength=len(probs)
+    ).float()
+    assert counts[oracle == 0].sum() == 0
+    assert (counts / 2000 - oracle).abs().max() < 0.045
+
+
 def test_tiny_top_p_is_greedy(engine):
     greedy = engine.generate(PROMPTS, n=1, sampling=SamplingParams(temperature=0, max_tokens=8))
     nucleus = engine.generate(
@@ -143,7 +163,7 @@ def test_per_prompt_seeds_make_samples_independent_of_the_batch(policy):
             PROMPTS, 3, sampling, seeds=[1, 2, 3, 4]
         )
     )
-    small = make_engine("hf", policy=model, tokenizer=tok, seed=9, max_batch_size=3)
+    small = make_engine("hf", policy=model, tokenizer=tok, seed=9, max_batch_size=7)
     alone = _ids(small.generate(PROMPTS[2:3], 3, sampling, seeds=[3]))
     reordered = _ids(small.generate(PROMPTS[::-1], 3, sampling, seeds=[4, 3, 2, 1]))
     assert alone[0] == batch[2]

@@ -1,14 +1,20 @@
 """Rollouts with transformers `generate`: always available, CPU and GPU.
 
-The engine samples from the policy object itself, so `sync_weights` has nothing to do. Prompts
-are left-padded into batches of at most `max_batch_size` rows (n rows per prompt); generation
-runs in eval mode and restores the policy's previous mode. The global torch RNG is left as it
-was: every call samples inside `torch.random.fork_rng` from an explicit seed. With per-prompt
-`seeds`, each prompt is generated on its own (n rows, no padding), so its samples do not depend
-on the other prompts; they do depend on max_batch_size when n exceeds it.
+The engine samples from the policy object itself, so `sync_weights` has nothing to do. Rows (n
+per prompt) are left-padded into batches of at most `max_batch_size`; generation runs in eval
+mode and restores the policy's previous mode, and leaves the global torch RNG alone.
+
+Sampling runs inside greedy decoding: after temperature and top-p, a last logits processor
+draws each row's token with torch.multinomial and leaves only that token for the argmax. A
+prompt's rows draw from that prompt's own generator, seeded from its seed, so its samples do not
+depend on the other prompts in the batch (up to float rounding of the batched forward pass). A
+prompt with n > max_batch_size is split into pieces with their own generators, so its samples
+then also depend on max_batch_size.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +43,58 @@ class SampledLogprobs(LogitsProcessor):
         """sequences [B, T + L] -> logprobs [B, L] of the L generated tokens."""
         self.steps.append(self.last.gather(1, sequences[:, -1:]).squeeze(1))
         return torch.stack(self.steps, dim=1)
+
+
+class SeededSampling(LogitsProcessor):
+    """Samples each row's next token from softmax(scores [B, V]) and returns scores whose argmax
+    is that token (0 there, -inf elsewhere). Rows are taken in blocks, each block sampled with its
+    own generator at every step. Must run last (after temperature and top-p)."""
+
+    def __init__(self, blocks: list[tuple[int, torch.Generator]]):
+        self.blocks = blocks
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        probs = torch.softmax(scores.float(), dim=-1)
+        starts = [0]
+        for rows, _ in self.blocks:
+            starts.append(starts[-1] + rows)
+        picks = torch.cat(
+            [
+                torch.multinomial(probs[start : start + rows], 1, generator=gen)
+                for start, (rows, gen) in zip(starts, self.blocks)
+            ]
+        )  # [B, 1]
+        return torch.full_like(scores, float("-inf")).scatter_(1, picks, 0.0)
+
+
+@dataclass
+class Piece:
+    """`rows` samples of prompt number `prompt`, drawn with `generator`."""
+
+    prompt: int
+    rows: int
+    generator: torch.Generator
+
+
+def derive_seeds(seed: int, count: int) -> list[int]:
+    """`count` seeds drawn from `seed`."""
+    return torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def split_rows(n: int, size: int) -> list[int]:
+    """n rows in pieces of at most `size`: split_rows(5, 2) == [2, 2, 1]."""
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def pack(pieces: list[Piece], size: int) -> list[list[Piece]]:
+    """Consecutive pieces grouped into chunks of at most `size` rows (pieces are not split)."""
+    chunks: list[list[Piece]] = []
+    for piece in pieces:
+        if chunks and sum(p.rows for p in chunks[-1]) + piece.rows <= size:
+            chunks[-1].append(piece)
+        else:
+            chunks.append([piece])
+    return chunks
 
 
 def left_pad(ids: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -76,57 +134,57 @@ class HFEngine(Engine):
         check_generate_args(prompts, n, sampling, seeds)
         if self.policy is None:
             raise RuntimeError("this hf engine is closed; make a new one with make_engine")
+        if seeds is None:
+            seed = sampling.seed if sampling.seed is not None else self._next_seed()
+            seeds = derive_seeds(seed, len(prompts))
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        device = next(self.policy.parameters()).device
+        split = split_rows(n, self.max_batch_size)
+        pieces = [
+            Piece(i, rows, torch.Generator(device=device).manual_seed(piece_seed))
+            for i, seed in enumerate(seeds)
+            for rows, piece_seed in zip(split, derive_seeds(seed, len(split)))
+        ]
+        completions: list[list[Completion]] = [[] for _ in prompts]
         was_training = self.policy.training
         self.policy.eval()
         try:
-            if seeds is None:
-                seed = sampling.seed if sampling.seed is not None else self._next_seed()
-                flat = self._sample([row for row in ids for _ in range(n)], sampling, seed)
-                per_prompt = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
-            else:
-                per_prompt = [self._sample([row] * n, sampling, s) for row, s in zip(ids, seeds)]
+            for chunk in pack(pieces, self.max_batch_size):
+                rows = self._generate_chunk(chunk, ids, sampling)
+                for piece in chunk:
+                    completions[piece.prompt] += rows[: piece.rows]
+                    rows = rows[piece.rows :]
         finally:
             self.policy.train(was_training)
-        return [Group(p, row, comps) for p, row, comps in zip(prompts, ids, per_prompt)]
+        return [Group(p, row, comps) for p, row, comps in zip(prompts, ids, completions)]
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self.seeds))
 
-    def _sample(
-        self, ids: list[list[int]], sampling: SamplingParams, seed: int
+    def _generate_chunk(
+        self, chunk: list[Piece], ids: list[list[int]], sampling: SamplingParams
     ) -> list[Completion]:
-        """Sample one completion per row of `ids`, in chunks of max_batch_size, from `seed`."""
+        """One `generate` call for the rows of `chunk`'s pieces, in order."""
         device = next(self.policy.parameters()).device
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            return [
-                c
-                for start in range(0, len(ids), self.max_batch_size)
-                for c in self._generate_chunk(ids[start : start + self.max_batch_size], sampling)
-            ]
-
-    def _generate_chunk(self, ids: list[list[int]], sampling: SamplingParams) -> list[Completion]:
-        device = next(self.policy.parameters()).device
-        input_ids, mask = left_pad(ids, self.pad_id)
+        input_ids, mask = left_pad(
+            [ids[p.prompt] for p in chunk for _ in range(p.rows)], self.pad_id
+        )
         recorder = SampledLogprobs()
         processors = [recorder]
         if not sampling.greedy:
-            processors += [TemperatureLogitsWarper(sampling.temperature)]
+            processors.append(TemperatureLogitsWarper(sampling.temperature))
             if sampling.top_p < 1:
-                processors += [TopPLogitsWarper(sampling.top_p)]
-        # Explicit values so that a model's generation_config.json (top_k, repetition_penalty...)
-        # cannot change the sampling: temperature and top-p are applied by `processors`.
-        flags = {"temperature": 1.0, "top_p": 1.0, "top_k": 0} if not sampling.greedy else {}
+                processors.append(TopPLogitsWarper(sampling.top_p))
+            processors.append(SeededSampling([(p.rows, p.generator) for p in chunk]))
+        # do_sample=False: the argmax of the processed scores (the sampled token when sampling).
+        # Explicit values so that a model's generation_config.json cannot add its own processors.
         config = GenerationConfig(
-            do_sample=not sampling.greedy,
+            do_sample=False,
             repetition_penalty=1.0,
             max_new_tokens=sampling.max_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             return_dict_in_generate=True,
-            **flags,
         )
         out = self.policy.generate(
             input_ids=input_ids.to(device),
