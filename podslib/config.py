@@ -123,7 +123,7 @@ class Config:
         default=512, metadata={"help": "Drop prompts longer than this; None = keep all."}
     )
     max_completion_tokens: int = field(
-        default=40, metadata={"help": "Most tokens per sampled completion (training and eval)."}
+        default=48, metadata={"help": "Most tokens per sampled completion (training and eval)."}
     )
     train_size: int | None = field(
         default=20000,
