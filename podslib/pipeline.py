@@ -81,13 +81,14 @@ class Grid:
         return Config.from_dict({**self.values(variant, seed), **overrides})
 
     def runs(self, seeds: list[int] | None = None, only: list[str] | None = None) -> list[RunSpec]:
-        """The grid's runs, variant-major, optionally restricted to `seeds` / variants `only`."""
+        """The grid's runs, seed-major (all variants of a seed before the next seed, so that an
+        interrupted grid leaves comparable pairs), optionally restricted to `seeds` / `only`."""
         for name in only or []:
             if name not in self.variants:
                 raise ValueError(f"--only must name variants among "
                                  f"{', '.join(map(repr, self.variants))}; got {name!r}")
         names = only or list(self.variants)
-        return [RunSpec(v, s, self.values(v, s)) for v in names for s in (seeds or self.seeds)]
+        return [RunSpec(v, s, self.values(v, s)) for s in (seeds or self.seeds) for v in names]
 
 
 def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
