@@ -103,11 +103,8 @@ def make_optimizer(cfg: Config, policy: nn.Module) -> torch.optim.Optimizer:
     kwargs = {"lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2),
               "weight_decay": cfg.weight_decay}
     if cfg.optimizer == "adamw_8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ValueError("optimizer 'adamw_8bit' needs the bitsandbytes package (GPU extra: "
-                             "pip install 'pods-kit[gpu]'); use optimizer 'adamw'") from err
+        import bitsandbytes as bnb
+
         return bnb.optim.AdamW8bit(params, **kwargs)
     return torch.optim.AdamW(params, **kwargs)
 
@@ -499,6 +496,18 @@ def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
 # the loop
 # ----------------------------------------------------------------------------------------------
 
+def check_packages(cfg: Config) -> None:
+    """The optional packages the config needs must be importable (checked before any load)."""
+    import importlib.util
+
+    if cfg.optimizer == "adamw_8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("optimizer 'adamw_8bit' needs the bitsandbytes package (GPU extra: "
+                         "pip install 'pods-kit[gpu]'); use optimizer 'adamw'")
+    if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ValueError("engine 'vllm' needs the vllm package (make setup installs it); use "
+                         "engine 'hf'")
+
+
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
     """Train per `cfg`, writing the run folder `run_dir`; returns the summary (summary.json).
 
@@ -511,6 +520,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         raise ValueError(f"prompts_per_step must be divisible by the number of processes "
                          f"({world}); got {cfg.prompts_per_step}")
     check_run_dir(cfg, run_dir, resume)
+    check_packages(cfg)
     info, device = D.setup(cfg.device)
     try:
         return Trainer(cfg, run_dir, info, device, progress).run(resume)
@@ -691,7 +701,8 @@ class Trainer:
                             loss=f"{record['loss']:.4f}",
                             gen=f"{record['t_generate']:.2f}s", upd=f"{record['t_update']:.2f}s")
             if self.eval_due():
-                bar.write(f"step {s['step']}: test accuracy {self.run_eval()['accuracy']:.3f}")
+                accuracy = self.run_eval()["accuracy"]
+                bar.set_description(f"{self.run_dir.name} acc {accuracy:.3f}")
             if self.checkpoint_due():
                 self.checkpoint()
         bar.close()
