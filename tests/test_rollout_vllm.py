@@ -191,6 +191,8 @@ def test_vllm_missing_model_path(tmp_path):
         make_engine("vllm", model_path=tmp_path / "nowhere")
     with pytest.raises(ValueError, match="model_path"):
         make_engine("vllm")
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        make_engine("vllm", model_path=tmp_path, gpu_memory_utilization=1.5)
 
 
 def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
@@ -209,6 +211,7 @@ def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
     second = make_engine("auto", model_path=path, policy=policy, tokenizer=tok)
     try:
         assert second.name == "vllm"
+        assert torch.set_num_threads.__name__ == "set_num_threads"  # vLLM's no-op patch undone
         assert second.generate([], 2, GREEDY) == []
         assert token_ids(second.generate(PROMPTS, 1, GREEDY)) == token_ids(hf_greedy(policy, tok))
     finally:

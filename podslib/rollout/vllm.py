@@ -47,6 +47,11 @@ class VLLMEngine(Engine):
                 "VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
                 f"for weight sync); got {os.environ['VLLM_ENABLE_V1_MULTIPROCESSING']!r}"
             )
+        if not 0 < gpu_memory_utilization <= 1:
+            raise ValueError(
+                "gpu_memory_utilization must be in (0, 1] (on CPU: the share of RAM vLLM "
+                f"reserves); got {gpu_memory_utilization!r}"
+            )
         import vllm
         from transformers import AutoTokenizer
 
@@ -56,15 +61,17 @@ class VLLMEngine(Engine):
             torch.distributed.is_available() and torch.distributed.is_initialized()
         )
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
-        self.llm = vllm.LLM(
-            model=path,
-            seed=seed,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=device == "cpu",
-        )
-        torch.set_num_threads = set_num_threads
+        try:
+            self.llm = vllm.LLM(
+                model=path,
+                seed=seed,
+                dtype=dtype,
+                max_model_len=max_model_len,
+                gpu_memory_utilization=gpu_memory_utilization,
+                enforce_eager=device == "cpu",
+            )
+        finally:
+            torch.set_num_threads = set_num_threads
 
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
