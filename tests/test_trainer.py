@@ -220,3 +220,19 @@ def test_short_pods_run_end_to_end(tmp_path, cache_dir):
     assert summary["final_accuracy"] >= base - 0.2
     assert summary["steps"] == 8 and summary["base_accuracy"] == base
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000008"]
+
+
+@pytest.mark.slow
+def test_lora_with_kl_and_several_iterations(tmp_path, cache_dir):
+    """LoRA r=4, beta > 0 (reference = adapter disabled), mu = 2 (old log-probs, clipping):
+    only adapter weights are trained and checkpointed; the KL starts at 0 (policy == reference
+    before the first update) and is positive once the adapter has moved."""
+    cfg = easy(cache_dir, lora_r=4, lora_alpha=8.0, beta=0.04, mu=2, max_steps=3,
+               eval_every_steps=0, lr=1e-3)
+    T.train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["kl"] >= 0 and lines[-1]["kl"] > 0
+    assert all(math.isfinite(x["loss"]) and x["grad_norm"] > 0 for x in lines)
+    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    saved = torch.load(ckpt / "trainable.pt")
+    assert saved and all("lora_" in k for k in saved)
