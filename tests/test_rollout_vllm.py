@@ -198,7 +198,8 @@ def test_vllm_missing_model_path(tmp_path):
 def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
     """Runs last: close the shared engine (its LLM object is garbage-collected), then start a
     second engine in the same process through engine='auto', given a policy whose weights differ
-    from the saved folder: it is synced at start."""
+    from the saved folder: it is synced at start. Closing it restores the environment variables
+    that starting it set."""
     path, _, tok = tiny
     policy, _ = load_policy(path)
     sft(policy, tok, steps=15, seed=5)
@@ -208,7 +209,9 @@ def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
     assert llm() is None
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate(PROMPTS[:1], 1, GREEDY)
+    environ = dict(os.environ)
     second = make_engine("auto", model_path=path, policy=policy, tokenizer=tok)
+    assert os.environ.get("LOCAL_WORLD_SIZE") == "1"
     try:
         assert second.name == "vllm"
         assert torch.set_num_threads.__name__ == "set_num_threads"  # vLLM's no-op patch undone
@@ -216,3 +219,4 @@ def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
         assert token_ids(second.generate(PROMPTS, 1, GREEDY)) == token_ids(hf_greedy(policy, tok))
     finally:
         second.close()
+    assert dict(os.environ) == environ

@@ -61,6 +61,7 @@ class VLLMEngine(Engine):
             torch.distributed.is_available() and torch.distributed.is_initialized()
         )
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
+        environ = dict(os.environ)  # vLLM sets LOCAL_WORLD_SIZE, LD_PRELOAD, ...: undone on close
         try:
             self.llm = vllm.LLM(
                 model=path,
@@ -72,6 +73,11 @@ class VLLMEngine(Engine):
             )
         finally:
             torch.set_num_threads = set_num_threads
+        self.environ_before = {
+            key: environ.get(key)
+            for key in set(environ) | set(os.environ)
+            if environ.get(key) != os.environ.get(key)
+        }
 
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
@@ -127,7 +133,8 @@ class VLLMEngine(Engine):
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
-        """Shut the engine down and free its weights and KV cache, so another can start."""
+        """Shut the engine down, free its weights and KV cache and undo its environment
+        variables, so that another engine (or anything else) can start cleanly."""
         if self.llm is None:
             return
         from vllm.distributed.parallel_state import (
@@ -141,6 +148,11 @@ class VLLMEngine(Engine):
             cleanup_dist_env_and_memory()
         else:
             destroy_model_parallel()
+        for key, value in self.environ_before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
