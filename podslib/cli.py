@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,8 @@ def _experiments(root: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Notebook kernels inherit the environment: vLLM must run in-process (DESIGN.md, Engines).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     progress = not args.no_progress
     try:
         if args.command == "run":

@@ -317,7 +317,8 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
               kernel: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
     """The tiny default end to end: warm-start (cached), 01_rollouts, 02_downsampling, the grid
     (GRPO vs GRPO-PODS, 3 seeds each, same training-time budget), 04_plots. Steps already done
-    are skipped. Returns the grid outcome and the elapsed seconds."""
+    are skipped (the report too when no run is new), so a re-run changes nothing. Returns the
+    grid outcome and the elapsed seconds."""
     from .sft import warm_start
 
     start = time.perf_counter()
@@ -349,8 +350,11 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
     step(f"training grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds")
     outcome = run_grid(config_file, results_root=root, kernel=kernel, progress=progress, log=log)
     step("04_plots: figures and summary table")
-    report(grid.experiment, root, kernel=kernel, progress=progress)
     summary = exp_dir / "summary.md"
+    if summary.exists() and not outcome["done"]:
+        log(f"   [skip] no new runs since {summary} was written")
+    else:
+        report(grid.experiment, root, kernel=kernel, progress=progress)
     if summary.exists():
         log(summary.read_text())
     elapsed = time.perf_counter() - start

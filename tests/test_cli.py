@@ -154,3 +154,24 @@ def test_run_reports_failures_goes_on_and_skips_completed_runs(tmp_path, capsys)
     assert main(["run", str(grid), "--results-root", str(root), "--only", "pods"]) == 0
     assert "[skip] clitest/pods-s0: complete" in capsys.readouterr().out
     assert snapshot(root) == before
+
+
+@pytest.mark.slow
+def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
+    """`pods reproduce` on a one-seed tiny grid: rollouts, down-sampling, both runs, figures and
+    the summary table; a second call skips every step and leaves every file as it was."""
+    grid = write_grid(tmp_path / "g.yaml", {"grpo": {"n": 2, "m": 2}, "pods": {"n": 4, "m": 2}},
+                      experiment="repro", base={"cache_dir": str(tmp_path / "cache")})
+    root = tmp_path / "res"
+    args = ["reproduce", "--config", str(grid), "--results-root", str(root), "--no-progress"]
+    assert main(args) == 0
+    exp = root / "repro"
+    assert (exp / "rollouts" / "rollouts.npz").exists()
+    assert (exp / "downsampling" / "rule_statistics.csv").exists()
+    assert R.is_complete(exp / "grpo-s0") and R.is_complete(exp / "pods-s0")
+    assert (exp / "summary.csv").exists() and (exp / "figures" / "accuracy_vs_time.png").exists()
+    assert "| pods | 4 | 2 |" in capsys.readouterr().out
+    before = snapshot(root)
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("[skip]") == 5          # 01, 02, two runs, report
+    assert snapshot(root) == before
