@@ -37,7 +37,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _byte_char(ch: str) -> str:
     """GPT-2 byte-level alphabet for an ASCII character: printable bytes map to themselves,
-    bytes 0-32 (space, newline, ...) to chr(256 + byte), e.g. " " -> "\u0120", "\n" -> "\u010a"."""
+    bytes 0-32 (space, newline, ...) to chr(256 + byte): space -> U+0120, newline -> U+010A."""
     b = ord(ch)
     return ch if 33 <= b <= 126 else chr(256 + b)
 
