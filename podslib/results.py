@@ -304,14 +304,13 @@ def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | N
         per_seed = (seed_speedups(curves, baseline, variant, frac)["speedup"]
                     if b is not None else [])
         first = runs.iloc[0]
+        t = times.loc[variant] if times is not None and variant in times.index else pd.Series()
         rows.append({
             "variant": variant, "n": int(first["n"]), "m": int(first["m"]), "rule": first["rule"],
-            "seeds": int(runs["seed"].nunique()),
-            "steps": float(times.loc[variant, "steps"]) if times is not None else math.nan,
-            "s_per_step": float(times.loc[variant, "total"]) if times is not None else math.nan,
-            "generate_s": float(times.loc[variant, "t_generate"]) if times is not None
-            else math.nan,
-            "update_s": float(times.loc[variant, "t_update"]) if times is not None else math.nan,
+            "seeds": int(runs["seed"].nunique()), "steps": float(t.get("steps", math.nan)),
+            "s_per_step": float(t.get("total", math.nan)),
+            "generate_s": float(t.get("t_generate", math.nan)),
+            "update_s": float(t.get("t_update", math.nan)),
             "peak_acc": float(a["mean"].max()), "final_acc": float(finals.mean()),
             "final_acc_std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
             "t_threshold_s": head["t_method"], "speedup": head["speedup"],
