@@ -226,6 +226,17 @@ def _fmt(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _accuracy_note(run_dir: Path) -> str:
+    """', test accuracy 0.41 -> 0.52 (steps 120)' from a finished run's summary.json."""
+    import json
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    first, last = summary.get("base_accuracy"), summary.get("final_accuracy")
+    if first is None or last is None:
+        return ""
+    return f", test accuracy {first:.3f} -> {last:.3f} ({summary.get('steps')} steps)"
+
+
 def preflight(grid: Grid, specs: list[RunSpec], root: Path,
               overrides: dict[str, Any]) -> dict[str, str]:
     """Check the experiment folder and every run folder before anything runs; returns each run's
@@ -283,7 +294,7 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
                      "seed": spec.seed, "overrides": overrides, "run_dir": str(run_dir),
                      "resume": resume}, kernel=kernel, progress=progress)
             out["done"].append(spec.run_id)
-            status = "done"
+            status = "done" + _accuracy_note(run_dir)
         except NotebookError as err:
             out["failed"].append(spec.run_id)
             status = f"FAILED: {err}"
