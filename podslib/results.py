@@ -286,9 +286,10 @@ def step_times(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | None = "grpo",
                   frac: float = 0.99) -> pd.DataFrame:
-    """One row per variant: n, m, rule, seeds, steps, s/step (generate, update), peak accuracy of
-    the seed-mean curve, final accuracy (mean and std over seeds), time to the threshold and the
-    speedup over `baseline` (mean curves, and per seed; NaN / empty when baseline is None)."""
+    """One row per variant, ordered by n, then m descending (the order of the ablations): n, m,
+    rule, seeds, steps, s/step (generate, update), peak accuracy of the seed-mean curve, final
+    accuracy (mean and std over seeds), time to the threshold and the speedup over `baseline`
+    (mean curves, and per seed; NaN / empty when baseline is None)."""
     if baseline is not None and baseline not in set(curves["variant"]):
         got = sorted(set(curves["variant"]))
         raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
@@ -316,7 +317,9 @@ def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | N
             "t_threshold_s": head["t_method"], "speedup": head["speedup"],
             "speedup_per_seed": " ".join(f"{x:.2f}" for x in per_seed),
         })
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.sort_values(["n", "m", "variant"], ascending=[True, False, True],
+                             ignore_index=True)
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:

@@ -168,3 +168,11 @@ def test_claim_experiment_guards_foreign_folders(tmp_path):
     with pytest.raises(ValueError, match="holds runs of experiment 'gsm8k'"):
         R.claim_experiment(other, "old", "old.yaml")
     assert not (other / "experiment.json").exists()
+
+
+def test_summary_rows_follow_the_ablation_order():
+    """Variants sorted by n, then m descending: grpo 16/16, m16 64/16, m8 64/8, n128 128/16."""
+    curves = pd.concat([curve(v, 0, [0, 10], [0.1, 0.2], n=n, m=m) for v, n, m in
+                        [("n128", 128, 16), ("m8", 64, 8), ("grpo", 16, 16), ("m16", 64, 16)]])
+    table = R.summary_table(curves, pd.DataFrame())
+    assert table["variant"].tolist() == ["grpo", "m16", "m8", "n128"]
