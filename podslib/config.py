@@ -133,13 +133,13 @@ class Config:
         default=400, metadata={"help": "Test problems to evaluate on; None = the whole split."}
     )
     arith_steps_min: int = field(
-        default=2, metadata={"help": "Arith: fewest operations per problem."}
+        default=1, metadata={"help": "Arith: fewest operations per problem."}
     )
     arith_steps_max: int = field(
         default=3, metadata={"help": "Arith: most operations per problem."}
     )
     arith_operand_min: int = field(default=1, metadata={"help": "Arith: smallest operand."})
-    arith_operand_max: int = field(default=99, metadata={"help": "Arith: largest operand."})
+    arith_operand_max: int = field(default=19, metadata={"help": "Arith: largest operand."})
 
     # --- rollouts and down-sampling ------------------------------------------------------------
     engine: str = field(default="hf", metadata={"help": "Rollout engine: 'hf', 'vllm' or 'auto'."})
@@ -261,7 +261,7 @@ class Config:
         metadata={"help": "Warm-start the tiny model with supervised training on arith."},
     )
     warm_start_steps: int = field(
-        default=700,
+        default=800,
         metadata={"help": "Warm-start optimizer steps (counted, so it is reproducible)."},
     )
     warm_start_batch_size: int = field(
