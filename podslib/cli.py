@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -61,8 +60,7 @@ def _experiments(root: Path) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Notebook kernels inherit the environment: vLLM must run in-process (DESIGN.md, Engines).
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    pipeline.kernel_environment()        # before torch is imported (the warm-start runs here)
     progress = not args.no_progress
     try:
         if args.command == "run":

@@ -19,6 +19,8 @@ already written in a run folder is overwritten.
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +185,16 @@ def default_kernel() -> str:
     return "pods-kit" if "pods-kit" in find_kernel_specs() else "python3"
 
 
+def kernel_environment() -> None:
+    """Environment the notebook kernels inherit (set unless the user already did): in-process
+    vLLM (DESIGN.md, Engines) and, on machines without a GPU, one torch thread per process. On
+    the shared 2-core CPU two threads per process made a tiny-model step up to 12x slower under
+    load (OpenMP threads waiting on each other) and were no faster when idle."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if shutil.which("nvidia-smi") is None:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
     """ValueError naming every parameter the notebook's `parameters` cell does not define
     (papermill would only warn and inject it anyway)."""
@@ -206,6 +218,7 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {str(notebook)!r} does not exist")
     check_parameters(notebook, parameters)
+    kernel_environment()
     output = R.fresh_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
