@@ -731,12 +731,25 @@ class Trainer:
         return summary
 
 
+def _parse_value(text: str) -> Any:
+    """A command-line override value: YAML, except that numbers YAML 1.1 reads as strings
+    ("2e-4") are numbers."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     """python -m podslib.trainer CONFIG.yaml RUN_DIR [--resume] [--no-progress] [key=value ...]
     (the entry point for torchrun / accelerate launch)."""
     import argparse
 
-    import yaml
 
     parser = argparse.ArgumentParser(prog="python -m podslib.trainer", description=main.__doc__)
     parser.add_argument("config")
@@ -750,7 +763,7 @@ def main(argv: list[str] | None = None) -> None:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"overrides must be key=value; got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = _parse_value(value)
     cfg = Config.from_yaml(args.config, **overrides)
     summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
     if D.world_size_from_env() == 1 or int(os.environ.get("RANK", "0")) == 0:

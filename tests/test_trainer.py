@@ -236,3 +236,10 @@ def test_lora_with_kl_and_several_iterations(tmp_path, cache_dir):
     (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
     saved = torch.load(ckpt / "trainable.pt")
     assert saved and all("lora_" in k for k in saved)
+
+
+def test_command_line_values_parse_as_yaml_with_plain_exponents():
+    assert T._parse_value("2e-4") == 2e-4 and T._parse_value("16") == 16
+    assert T._parse_value("max_variance") == "max_variance"
+    assert T._parse_value("{correctness: 1.0}") == {"correctness": 1.0}
+    assert T._parse_value("null") is None and T._parse_value("true") is True
