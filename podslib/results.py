@@ -289,7 +289,8 @@ def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | N
     """One row per variant, ordered by n, then m descending (the order of the ablations): n, m,
     rule, seeds, steps, s/step (generate, update), peak accuracy of the seed-mean curve, final
     accuracy (mean and std over seeds), time to the threshold and the speedup over `baseline`
-    (mean curves, and per seed; NaN / empty when baseline is None)."""
+    (mean curves, and per seed: 'never' when that seed never reached the threshold; NaN / empty
+    when baseline is None)."""
     if baseline is not None and baseline not in set(curves["variant"]):
         got = sorted(set(curves["variant"]))
         raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
@@ -315,7 +316,7 @@ def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | N
             "peak_acc": float(a["mean"].max()), "final_acc": float(finals.mean()),
             "final_acc_std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
             "t_threshold_s": head["t_method"], "speedup": head["speedup"],
-            "speedup_per_seed": " ".join(f"{x:.2f}" for x in per_seed),
+            "speedup_per_seed": " ".join("never" if x == 0 else f"{x:.2f}" for x in per_seed),
         })
     table = pd.DataFrame(rows)
     return table.sort_values(["n", "m", "variant"], ascending=[True, False, True],

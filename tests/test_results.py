@@ -112,6 +112,11 @@ def test_summary_table_headline_uses_mean_curves():
     assert md.splitlines()[0].startswith("| variant | n | m |") and "| pods | 16 | 4 |" in md
     with pytest.raises(ValueError, match="baseline"):
         R.summary_table(curves, metrics, baseline="nope")
+    slow = pd.concat([curves[curves["variant"] == "grpo"],
+                      curve("pods", 0, [0, 10], [0.1, 0.2], n=16),
+                      curve("pods", 1, [0, 10], [0.1, 0.3], n=16)])
+    assert R.summary_table(slow, metrics).set_index("variant").loc["pods", "speedup_per_seed"] \
+        == "never 2.00"       # seed 0 never reaches .495; seed 1 reaches .297 at 10 vs 20
 
 
 def test_read_jsonl_skips_torn_last_line_only(tmp_path):
