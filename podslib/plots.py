@@ -124,7 +124,11 @@ def lines(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
     groups = table.groupby(hue, sort=False) if hue else [(None, table)]
     for h, g in groups:
         ax.plot(g[x], g[y], marker="o", label=None if h is None else f"{hue}={h}")
-    ax.set_xscale("log" if logx else "linear")
+    if logx:                                             # powers of two: label the values
+        ticks = sorted(set(table[x]))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
+        ax.minorticks_off()
     ax.set_yscale("log" if logy else "linear")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel or y)
