@@ -482,7 +482,8 @@ def load_checkpoint(path: Path, policy: nn.Module, optimizer, scheduler) -> dict
 
 def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     """Before any model loads: a resumed folder must hold the same config (budget fields
-    aside); a fresh run must not overwrite an existing one."""
+    aside); a fresh run must not overwrite an existing run, nor a config.yaml with other values
+    (the same config, left by a run that stopped before its first step, is reused)."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.exists():
         if resume:
@@ -498,6 +499,13 @@ def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     elif (run_dir / "metrics.jsonl").exists() or latest_checkpoint(run_dir) is not None:
         raise ValueError(f"run_dir {str(run_dir)!r} already holds a run; pass resume=True or "
                          "choose another run_name")
+    else:
+        mine, saved = cfg.to_dict(), Config.from_yaml(saved_path).to_dict()
+        differ = [k for k in mine if mine[k] != saved[k]]
+        if differ:
+            raise ValueError(f"run_dir {str(run_dir)!r} holds a config.yaml that differs in "
+                             f"field(s) {', '.join(differ)}; choose another run_name (it is "
+                             "not overwritten)")
 
 
 # ----------------------------------------------------------------------------------------------

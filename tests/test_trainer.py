@@ -190,6 +190,10 @@ def test_resume_with_another_config_fails_before_model_load(no_model_load, tmp_p
     with pytest.raises(ValueError, match="already holds a run"):
         (run / "metrics.jsonl").write_text("")
         T.train(easy(cache_dir), run)
+    with pytest.raises(ValueError, match=r"config.yaml that differs in field\(s\) seed;"):
+        (run / "metrics.jsonl").unlink()
+        T.train(easy(cache_dir, seed=5), run)
+    assert Config.from_yaml(run / "config.yaml") == easy(cache_dir)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         T.train(easy(cache_dir), tmp_path / "other", resume=True)
 
