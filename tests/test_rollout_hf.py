@@ -2,27 +2,13 @@
 
 import pytest
 import torch
+from tiny_sft import sft
 
 from podslib import rollout
 from podslib.models import LoraSettings, load_policy, make_tiny_model, merged_state_dict
 from podslib.rollout import Completion, Group, SamplingParams, make_engine
 
 PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"]
-
-
-def sft(model, tok, steps: int = 60, lr: float = 3e-3, seed: int = 0):
-    """A few AdamW steps on "Q:a+b\\nA:a+b=c<eos>" so that greedy output is not degenerate."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    for _ in range(steps):
-        a, b = torch.randint(1, 99, (2, 16), generator=gen).tolist()
-        texts = [f"Q:{x}+{y}\nA:{x}+{y}={x + y}{tok.eos_token}" for x, y in zip(a, b)]
-        batch = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +65,7 @@ def test_greedy_matches_brute_force_with_left_padding(engine, policy):
         expected = brute_force_greedy(model, group.prompt_token_ids, 16, tok.eos_token_id)
         assert [c.token_ids for c in group.completions] == [expected, expected]
     texts = [g.completions[0].text for g in groups]
-    assert len(set(texts)) > 1 and all("=" in t for t in texts), texts  # not degenerate
+    assert len(set(texts)) > 1, texts  # prompt-dependent, not one degenerate string
 
 
 def test_logprobs_are_raw_model_logprobs(engine, policy):
