@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny_sft import sft
+from engine_checks import assert_raw_logprobs, sft
 
 from podslib import rollout
 from podslib.models import LoraSettings, load_policy, make_tiny_model, merged_state_dict
@@ -75,13 +75,7 @@ def test_logprobs_are_raw_model_logprobs(engine, policy):
     group = engine.generate(
         PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, max_tokens=10)
     )[0]
-    p = len(group.prompt_token_ids)
-    for c in group.completions:
-        ids = torch.tensor([group.prompt_token_ids + c.token_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, p - 1 : -1], dim=-1)
-        expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
-        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+    assert_raw_logprobs(model, group)
 
 
 def test_first_tokens_follow_the_tempered_nucleus_distribution(engine, policy):

@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 import torch
-from tiny_sft import sft
+from engine_checks import assert_raw_logprobs, sft
 
 from podslib.models import LoraSettings, load_policy, make_tiny_model
 from podslib.rollout import SamplingParams, make_engine, vllm_available
@@ -87,13 +87,7 @@ def test_vllm_sampled_logprobs_are_raw_model_logprobs(engine, tiny):
     group = engine.generate(
         PROMPTS[1:2], 3, SamplingParams(temperature=0.7, max_tokens=12, seed=0)
     )[0]
-    p = len(group.prompt_token_ids)
-    for c in group.completions:
-        ids = torch.tensor([group.prompt_token_ids + c.token_ids])
-        with torch.no_grad():
-            logp = torch.log_softmax(policy(ids).logits[0, p - 1 : -1], dim=-1)
-        expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
-        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+    assert_raw_logprobs(policy, group)
 
 
 def test_vllm_sync_full_model_after_optimizer_step(engine, tiny):

@@ -1,5 +1,5 @@
-"""A few supervised steps on the tiny model so that greedy output depends on the prompt (shared
-by the engine tests; not a test module)."""
+"""Helpers shared by the engine tests (not a test module): a few supervised steps that make the
+tiny model's greedy output prompt-dependent, and the check of reported log-probs."""
 
 import torch
 
@@ -20,3 +20,15 @@ def sft(model, tok, steps: int = 60, lr: float = 3e-3, seed: int = 0):
         opt.zero_grad()
     model.eval()
     return model
+
+
+def assert_raw_logprobs(model, group) -> None:
+    """Each completion's reported log-probs are log_softmax of the model's untempered logits at
+    its tokens: one forward pass over prompt + completion."""
+    p = len(group.prompt_token_ids)
+    for c in group.completions:
+        ids = torch.tensor([group.prompt_token_ids + c.token_ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, p - 1 : -1], dim=-1)
+        expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
