@@ -29,10 +29,13 @@ SCALES = ("group", "batch", "none")
 REWARD_TERMS = ("correctness", "format", "tags", "strict_format")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 SCHEDULES = ("constant", "cosine")
+SHARDINGS = ("none", "fsdp")
 
 # Fields that may differ between a run folder's config.yaml and the config used to resume it:
-# budgets and checkpoint cadence change when the run stops or saves, never what a step computes.
+# budgets and checkpoint cadence change when the run stops or saves, never what a step computes;
+# sharding (like the number of ranks) changes where it is computed, up to float rounding.
 RESUME_SAFE_FIELDS = (
+    "sharding",
     "max_steps",
     "max_train_seconds",
     "checkpoint_every_s",
@@ -222,6 +225,13 @@ class Config:
     )
     micro_batch_size: int = field(
         default=8, metadata={"help": "Rollouts per forward/backward (gradient accumulation unit)."}
+    )
+    sharding: str = field(
+        default="none",
+        metadata={
+            "help": "Several ranks: 'none' (a full replica each) or 'fsdp' (FSDP2 shards of "
+            "weights, gradients and optimizer state)."
+        },
     )
 
     # --- budgets, checkpoints, evaluation ------------------------------------------------------
@@ -508,6 +518,7 @@ def _validate(cfg: Config) -> None:
     _number(cfg, "adam_beta2", 0, 1, high_open=True)
     _number(cfg, "max_grad_norm", 0)
     _int(cfg, "micro_batch_size", 1)
+    _one_of(cfg, "sharding", SHARDINGS)
 
     _int(cfg, "max_steps", 0)
     _number(cfg, "max_train_seconds", 0)

@@ -58,6 +58,7 @@ def test_tiny_default_is_pods_with_down_sampling():
     ({"eval_repeats": 0}, "eval_repeats must be"),
     ({"seed": 1.5}, "seed must be"),
     ({"lora_r": -1}, "lora_r must be"),
+    ({"sharding": "zero2"}, "sharding must be one of 'none', 'fsdp'"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ValueError, match=field.replace("(", r"\(")):
@@ -95,6 +96,11 @@ def test_differing_fields_ignore_budgets_only():
     assert base.differing_fields(base.replace(max_steps=50, max_train_seconds=10.0)) == []
     assert set(RESUME_SAFE_FIELDS) >= {"max_steps", "max_train_seconds"}
     assert base.differing_fields(base.replace(n=32, lr=1e-3)) == ["n", "lr"]
+
+
+def test_a_run_may_resume_with_the_other_sharding():
+    """Checkpoints hold whole tensors whatever the sharding, like the number of ranks."""
+    assert Config().differing_fields(Config(sharding="fsdp")) == []
 
 
 def test_run_id_names_the_method():
