@@ -6,18 +6,28 @@ normalisers are computed on the full batch, identically on every rank; each rank
 its share of the loss (normalised by the GLOBAL counts) and the gradients are all-reduced with
 SUM, so every rank takes the same optimizer step as one process holding the whole batch.
 
+Sharding (`Config.sharding`): 'none' keeps a full replica per rank and all-reduces the summed
+gradients (`all_reduce_gradients`); 'fsdp' shards parameters, gradients and optimizer state over
+the ranks with PyTorch FSDP2 (`fully_shard` on each decoder layer, then the root), whose
+backward reduce-scatters gradients with SUM too (divide factor 1). Every forward and backward of
+a sharded model all-gathers, so every rank must run the same number of them; sharded tensors are
+gathered (`full_tensor`) for the rollout engine and checkpoints, and scattered back
+(`shard_like`) on resume. FSDP2 runs on CPU with gloo and on CUDA with nccl.
+
 Backends: gloo on CPU, nccl on CUDA. A single process (no WORLD_SIZE in the environment) needs
-no process group: every helper is then the identity.
+no process group: every helper is then the identity, and nothing is sharded.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 
 @dataclass(frozen=True)
@@ -110,3 +120,81 @@ def all_reduce_max(value: float) -> float:
     x = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(x, op=dist.ReduceOp.MAX)
     return float(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# sharding (FSDP2)
+# ----------------------------------------------------------------------------------------------
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks of a transformers model (the classes in its `_no_split_modules`)."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"sharding 'fsdp' needs a transformers model whose _no_split_modules "
+                         f"name its decoder layers; got {type(model).__name__} with {names or None}")
+    return layers
+
+
+def shard(model: nn.Module, device: str) -> None:
+    """FSDP2 in place over all ranks: each decoder layer, then the root (embeddings, final
+    norm, lm_head). Gradients are reduce-scattered with a plain SUM (no division by the world
+    size): the loss is already normalised by the global batch."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    mesh = init_device_mesh(torch.device(device).type, (dist.get_world_size(),))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when `model` went through `shard` (its parameters are DTensors)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered weights a no-grad pass left behind (FSDP2 keeps the root's after a
+    forward; a later forward with grad would reuse them and give the root parameters no
+    gradient). Nothing to do for an unsharded model."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def full_tensor(x: Tensor) -> Tensor:
+    """The whole tensor behind a shard (collective: every rank must call it, in the same order);
+    a plain tensor is returned detached."""
+    return x.detach().full_tensor() if isinstance(x, DTensor) else x.detach()
+
+
+def shard_like(full: Tensor, like: Tensor) -> Tensor:
+    """`full` (the whole tensor, the same on every rank) cut like the sharded `like`; a plain
+    `like` gets `full` itself, moved to its device."""
+    full = full.detach().to(like.device)
+    return distribute_tensor(full, like.device_mesh, like.placements) \
+        if isinstance(like, DTensor) else full
+
+
+def local_numel(tensors: Iterable[Tensor]) -> int:
+    """Elements this rank holds of `tensors` (the local shard of a DTensor)."""
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() for t in tensors)
+
+
+def copy_trainable(src: nn.Module, dst: nn.Module) -> None:
+    """Copy the trainable parameters of `src` (gathered when sharded: every rank takes part)
+    into the same-named parameters of the unsharded `dst`."""
+    targets = dict(dst.named_parameters())
+    with torch.no_grad():
+        for name, p in src.named_parameters():
+            if p.requires_grad:
+                targets[name].copy_(full_tensor(p))
