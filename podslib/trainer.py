@@ -23,7 +23,11 @@ boundaries with every RNG state, so a resumed run repeats the uninterrupted one 
 
 Scale-out (see `podslib.distributed`): `torchrun --nproc_per_node K -m podslib.trainer CONFIG
 RUN_DIR` runs K data-parallel ranks; sampling seeds are derived from (seed, step, global prompt
-index), so the rollouts do not depend on the rank split.
+index), so the rollouts do not depend on the rank split. With sharding 'fsdp' the update runs on
+FSDP2 shards (each rank holds 1/K of the weights, gradients and optimizer state): every rank runs
+as many micro-batches as the busiest one (blank ones pad), the engine samples from an unsharded
+copy refreshed after each update with the gathered weights, and checkpoints hold whole tensors
+in the same format either way (so a run may resume with the other sharding).
 
 The tiny default (Config defaults: 8 prompts per step, PODS 16 -> 4 vs GRPO 4/4, arith with 1-3
 operations on 1..19, warm-started to ~32% sampled accuracy). Step-time split measured on the
@@ -43,6 +47,7 @@ Paper's 8-GPU recipe (Qwen2.5-3B-Instruct, GSM8K, full fine-tune, 30 min):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -67,7 +72,7 @@ METRIC_KEYS = (
     "step", "wall_s", "train_time_s", "t_generate", "t_score", "t_select", "t_update", "t_sync",
     "reward_mean_all", "reward_std_all", "reward_mean_sel", "reward_std_sel", "sel_var",
     "zero_var_frac", "accuracy_all", "tokens_generated", "tokens_trained", "completion_len",
-    "trunc_rate", "loss", "kl", "clip_frac", "grad_norm", "lr",
+    "trunc_rate", "loss", "kl", "clip_frac", "grad_norm", "blank_micro_batches", "lr",
 )
 EVAL_KEYS = ("step", "train_time_s", "accuracy", "n_problems", "repeats", "greedy", "eval_s")
 
@@ -281,6 +286,13 @@ def micro_batches(batch: Batch, size: int) -> list[Batch]:
     return [batch.rows(s, s + size) for s in range(0, len(batch), size)]
 
 
+def blank_batch() -> Batch:
+    """One row with no completion token: its GRPO loss and gradient are exactly 0. Pads a rank's
+    micro-batches to the count of the busiest rank (each pass of a sharded model is collective)."""
+    return Batch(torch.zeros((1, 2), dtype=torch.long), torch.ones((1, 2), dtype=torch.long),
+                 torch.zeros((1, 1)), torch.zeros(1), 1)
+
+
 @torch.no_grad()
 def _no_grad_logprobs(model, parts: list[Batch]) -> list[Tensor]:
     was_training = model.training
@@ -289,16 +301,22 @@ def _no_grad_logprobs(model, parts: list[Batch]) -> list[Tensor]:
         return [completion_logprobs(model, mb) for mb in parts]
     finally:
         model.train(was_training)
+        D.reshard(model)
 
 
 def update(policy: nn.Module, optimizer, scheduler, batch: Batch, cfg: Config, reference,
            total_sequences: int, total_tokens: int) -> dict[str, float]:
     """mu optimizer steps on the selected rollouts, each accumulating gradients over
-    micro-batches of this rank and summing them over ranks; returns loss/kl/clip/grad stats."""
+    micro-batches of this rank and summing them over ranks (all-reduce, or FSDP's
+    reduce-scatter in backward); returns loss/kl/clip/grad stats. Every rank runs as many
+    micro-batches as the busiest one, even with no rows of its own: blank ones pad, counted over
+    ranks in blank_micro_batches (per iteration)."""
     from .loss import grpo_loss
 
     device = next(policy.parameters()).device
     parts = micro_batches(batch, cfg.micro_batch_size)
+    counts = D.all_gather_rows(torch.tensor([len(parts)]))                   # [world]
+    parts += [blank_batch()] * (int(counts.max()) - len(parts))
     ref = reference_logprobs(reference, parts) if cfg.beta > 0 else [None] * len(parts)
     old = _no_grad_logprobs(policy, parts) if cfg.mu > 1 else [None] * len(parts)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -319,10 +337,11 @@ def update(policy: nn.Module, optimizer, scheduler, batch: Batch, cfg: Config, r
             tokens = float(mask.sum())
             local += torch.tensor([loss.item(), stats["kl_mean"] * tokens,
                                    stats["clip_frac"] * tokens, tokens], dtype=torch.float64)
-        D.all_reduce_gradients(policy)
+        if not D.is_sharded(policy):
+            D.all_reduce_gradients(policy)
         glob = D.all_reduce_sum(local)
         limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        grad_norm = D.full_tensor(torch.nn.utils.clip_grad_norm_(params, limit))  # global norm
         optimizer.step()
         scheduler.step()
         tokens = max(float(glob[3]), 1.0)
@@ -330,7 +349,8 @@ def update(policy: nn.Module, optimizer, scheduler, batch: Batch, cfg: Config, r
         sums["kl"] += float(glob[1]) / tokens
         sums["clip_frac"] += float(glob[2]) / tokens
         sums["grad_norm"] += float(grad_norm)
-    return {k: v / cfg.mu for k, v in sums.items()}
+    return {**{k: v / cfg.mu for k, v in sums.items()},
+            "blank_micro_batches": int((counts.max() - counts).sum())}
 
 
 @torch.no_grad()
@@ -343,9 +363,13 @@ def reference_logprobs(reference, parts: list[Batch]) -> list[Tensor]:
     return _no_grad_logprobs(reference.model, parts)
 
 
-def sync(engine, policy: nn.Module) -> None:
-    """Make the engine sample from the updated policy (vLLM: push merged weights)."""
-    engine.sync_weights(policy)
+def sync(engine, policy: nn.Module, rollout_policy: nn.Module) -> None:
+    """Make the engine sample from the updated policy (vLLM: push merged weights). Under fsdp
+    the engine samples from an unsharded copy, first refreshed with the gathered trainable
+    weights (every rank takes part)."""
+    if rollout_policy is not policy:
+        D.copy_trainable(policy, rollout_policy)
+    engine.sync_weights(rollout_policy)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,18 +463,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, state: dict, policy: nn.Module, optimizer, scheduler) -> Path:
+def gathered_state(policy: nn.Module, optimizer) -> tuple[dict[str, Tensor], dict]:
+    """(trainable weights {name: tensor}, optimizer.state_dict()) with whole CPU tensors, sharded
+    or not, so a checkpoint loads with any sharding (under fsdp every rank must call it)."""
+    trainable = {k: D.full_tensor(p).cpu() for k, p in policy.named_parameters()
+                 if p.requires_grad}
+    optim = optimizer.state_dict()
+    optim["state"] = {i: {k: D.full_tensor(v).cpu() if isinstance(v, Tensor) else v
+                          for k, v in entry.items()} for i, entry in optim["state"].items()}
+    return trainable, optim
+
+
+def shard_optimizer_state(saved: dict, optimizer) -> dict:
+    """A saved optimizer.state_dict() (whole tensors) with every parameter-shaped state cut like
+    its parameter (state ids number the parameters in param_groups order)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved["state"] = {i: {k: D.shard_like(v, params[i])
+                          if isinstance(v, Tensor) and v.shape == params[i].shape else v
+                          for k, v in entry.items()} for i, entry in saved["state"].items()}
+    return saved
+
+
+def save_checkpoint(run_dir: Path, state: dict, trainable: dict[str, Tensor], optimizer_state: dict,
+                    scheduler) -> Path:
     """Write checkpoints/step-XXXXXX atomically (tmp folder + rename) and drop older ones:
-    trainable weights (the LoRA adapter or the full model), optimizer, scheduler, RNG states and
-    the loop state (step = data position, training clock, eval/checkpoint schedule)."""
+    trainable weights (the LoRA adapter or the full model) and optimizer state (whole tensors, see
+    `gathered_state`), scheduler, RNG states and the loop state (step = data position, training
+    clock, eval/checkpoint schedule)."""
     root = run_dir / "checkpoints"
     final = root / f"step-{state['step']:06d}"
     tmp = root / f".tmp-{final.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    trainable = {k: p.detach().cpu() for k, p in policy.named_parameters() if p.requires_grad}
     torch.save(trainable, tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state))
@@ -468,13 +514,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, policy: nn.Module, optimizer, scheduler) -> dict:
-    """Restore what `save_checkpoint` wrote; returns the loop state."""
+    """Restore what `save_checkpoint` wrote into a sharded or unsharded policy and optimizer
+    (every rank loads); returns the loop state."""
     trainable = torch.load(path / "trainable.pt", map_location="cpu")
     params = dict(policy.named_parameters())
     with torch.no_grad():
         for name, value in trainable.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+            params[name].copy_(D.shard_like(value, params[name]))
+    saved = torch.load(path / "optimizer.pt", map_location="cpu")
+    optimizer.load_state_dict(shard_optimizer_state(saved, optimizer))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt"))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return json.loads((path / "state.json").read_text())
@@ -568,9 +616,14 @@ class Trainer:
                                                   trust_remote_code=cfg.trust_remote_code,
                                                   lora=lora)
         self.policy.train()
+        self.rollout_policy = self.policy       # what the engine samples from (see `sync`)
+        if cfg.sharding == "fsdp" and info.enabled:
+            self.rollout_policy = copy.deepcopy(self.policy).requires_grad_(False)
+            D.shard(self.policy, device)
         self.reference = (load_reference(self.policy, self.model_path, cfg.dtype, device)
                           if cfg.beta > 0 else None)
-        self.engine = make_engine(cfg.engine, model_path=self.model_path, policy=self.policy,
+        self.engine = make_engine(cfg.engine, model_path=self.model_path,
+                                  policy=self.rollout_policy,
                                   tokenizer=self.tokenizer, device=device, dtype=cfg.dtype,
                                   seed=cfg.seed, gpu_memory_utilization=cfg.gpu_memory_utilization)
         train_examples = load_examples(cfg, "train")
@@ -612,9 +665,10 @@ class Trainer:
             stats = (update(self.policy, self.optimizer, self.scheduler, batch, cfg,
                             self.reference, total_sequences, total_tokens)
                      if total_sequences else
-                     {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0})
+                     {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0,
+                      "blank_micro_batches": 0})
         with timer("sync"):
-            sync(self.engine, self.policy)
+            sync(self.engine, self.policy, self.rollout_policy)
         return {**timer.seconds, **rollout_metrics(scored, keep, idx),
                 "tokens_trained": total_tokens, **stats, "lr": lr}
 
@@ -671,8 +725,10 @@ class Trainer:
         if cfg.checkpoint_every_s:
             s["next_ckpt_s"] = s["train_time_s"] + cfg.checkpoint_every_s
         s["wall_s"] = time.time() - self.wall_start
-        if self.info.is_main:
-            save_checkpoint(self.run_dir, s, self.policy, self.optimizer, self.scheduler)
+        if self.info.is_main or D.is_sharded(self.policy):     # gathering shards is collective
+            trainable, optim = gathered_state(self.policy, self.optimizer)
+            if self.info.is_main:
+                save_checkpoint(self.run_dir, s, trainable, optim, self.scheduler)
         D.barrier()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -681,7 +737,7 @@ class Trainer:
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is not None:
             self.state = load_checkpoint(ckpt, self.policy, self.optimizer, self.scheduler)
-            sync(self.engine, self.policy)
+            sync(self.engine, self.policy, self.rollout_policy)
         if self.info.is_main:
             last = self.state["step"] if ckpt is not None else -1
             for name in ("metrics.jsonl", "eval.jsonl"):
@@ -728,6 +784,16 @@ class Trainer:
             self.checkpoint()
         return self.summarise()
 
+    def numel_per_rank(self) -> dict[str, list[int]]:
+        """Elements of the policy's parameters and of the optimizer state held by each rank (its
+        shards under fsdp): the training memory per rank, rollout copy aside."""
+        optim = [t for entry in self.optimizer.state.values() for t in entry.values()
+                 if isinstance(t, Tensor)]
+        local = torch.tensor([[D.local_numel(self.policy.parameters()), D.local_numel(optim)]])
+        per_rank = D.all_gather_rows(local)                                   # [world, 2]
+        return {"param_numel_per_rank": per_rank[:, 0].tolist(),
+                "optimizer_numel_per_rank": per_rank[:, 1].tolist()}
+
     def summarise(self) -> dict:
         evals = [json.loads(x) for x in (self.run_dir / "eval.jsonl").read_text().splitlines()] \
             if self.info.is_main else []
@@ -738,6 +804,7 @@ class Trainer:
             "base_accuracy": evals[0]["accuracy"] if evals else None,
             "final_accuracy": evals[-1]["accuracy"] if evals else None,
             "best_accuracy": max(e["accuracy"] for e in evals) if evals else None,
+            **self.numel_per_rank(),
         }
         if self.info.is_main:
             tmp = self.run_dir / "summary.json.tmp"

@@ -1,16 +1,21 @@
 """Data parallel over prompts: `torchrun --nproc_per_node 2` on CPU (gloo) ends with the same
-parameters and the same per-step rollout statistics as one process over the same global batch."""
+parameters and the same per-step rollout statistics as one process over the same global batch,
+with full replicas (sharding 'none') and with FSDP2 shards (sharding 'fsdp')."""
 
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from test_trainer import easy
 
 from podslib import distributed as D
+
+ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
+                "tokens_trained", "accuracy_all")
 
 
 def run(args: list[str], cwd) -> None:
@@ -21,45 +26,114 @@ def run(args: list[str], cwd) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
+def train(config: Path, run_dir: Path, ranks: int, *extra: str) -> None:
+    """python -m podslib.trainer CONFIG RUN_DIR [key=value ...] in 1 process or `ranks` ranks."""
+    launcher = ([] if ranks == 1 else
+                ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)])
+    run([sys.executable, *launcher, "-m", "podslib.trainer", str(config), str(run_dir), *extra,
+         "--no-progress"], config.parent)
+
+
+def checkpoint(run_dir: Path, name: str) -> dict:
+    (ckpt,) = (run_dir / "checkpoints").glob("step-*")
+    return torch.load(ckpt / name)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(one: Path, two: Path, steps: int) -> None:
+    """Same rollouts every step, parameters and optimizer state equal to float tolerance, in
+    checkpoints of the same format."""
+    a, b = checkpoint(one, "trainable.pt"), checkpoint(two, "trainable.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    a, b = checkpoint(one, "optimizer.pt"), checkpoint(two, "optimizer.pt")
+    assert a["param_groups"] == b["param_groups"] and a["state"].keys() == b["state"].keys()
+    for i in a["state"]:
+        for k, x in a["state"][i].items():
+            assert type(x) is type(b["state"][i][k]) and torch.allclose(
+                x, b["state"][i][k], atol=1e-6, rtol=1e-4), (i, k)
+    m1, m2 = metrics(one), metrics(two)
+    assert len(m1) == len(m2) == steps
+    for x, y in zip(m1, m2):
+        assert {k: x[k] for k in ROLLOUT_KEYS} == {k: y[k] for k in ROLLOUT_KEYS}
+        assert y["loss"] == pytest.approx(x["loss"], abs=1e-6)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=1e-4)
+    assert any(m["grad_norm"] > 0 for m in m1)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
 def test_single_process_helpers_are_identities():
     x = torch.arange(6.0).reshape(3, 2)
     assert D.all_gather_rows(x) is x and torch.equal(D.all_reduce_sum(x.clone()), x)
     assert D.all_reduce_max(2.5) == 2.5 and D.world_size_from_env() in (1, int(
         os.environ.get("WORLD_SIZE", "1")))
+    assert torch.equal(D.full_tensor(x), x) and not D.is_sharded(torch.nn.Linear(2, 2))
+    assert torch.equal(D.shard_like(x, x), x) and D.local_numel([x, x[0]]) == 8
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> tuple[Path, Path]:
+    """(config, run folder) of 3 steps in one process, 4 prompts per step. micro_batch_size 3
+    makes the micro-batches differ from those of two ranks (2 prompts x 4 selected each)."""
+    tmp = tmp_path_factory.mktemp("dp")
+    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+               micro_batch_size=3, test_size=8)
+    config = tmp / "config.yaml"
+    cfg.to_yaml(config)
+    train(config, tmp / "one", 1)
+    return config, tmp / "one"
 
 
 @pytest.mark.slow
-def test_distributed_two_ranks_match_one_process(tmp_path, tmp_path_factory):
-    """4 prompts per step: rank 0 takes prompts 0-1, rank 1 prompts 2-3, each with the
-    per-prompt seeds one process uses, so the rollouts are identical; the loss shares use the
-    global counts and gradients are summed, so the parameters agree to float tolerance.
-    micro_batch_size 3 makes the micro-batches differ between the two layouts."""
-    cache = tmp_path_factory.getbasetemp() / "pods-cache"
-    cfg = easy(cache, max_steps=3, eval_every_steps=0, micro_batch_size=3, test_size=8)
+def test_distributed_two_ranks_match_one_process(one_process):
+    """Rank 0 takes prompts 0-1, rank 1 prompts 2-3, each with the per-prompt seeds one process
+    uses, so the rollouts are identical; the loss shares use the global counts and gradients are
+    summed, so the parameters agree to float tolerance."""
+    config, one = one_process
+    train(config, one.parent / "two", 2)
+    assert_same_run(one, one.parent / "two", steps=3)
+    (total,) = summary(one)["param_numel_per_rank"]
+    assert summary(one.parent / "two")["param_numel_per_rank"] == [total, total]
+
+
+@pytest.mark.slow
+def test_distributed_fsdp_matches_one_process_with_half_the_memory_per_rank(one_process):
+    """sharding=fsdp: the same run, its checkpoint in the same format (whole tensors), and each
+    rank holds half of the parameters and of the AdamW moments (2 per parameter, plus one step
+    counter per tensor: 26 here)."""
+    config, one = one_process
+    train(config, one.parent / "fsdp", 2, "sharding=fsdp")
+    assert_same_run(one, one.parent / "fsdp", steps=3)
+    full, shard = summary(one), summary(one.parent / "fsdp")
+    total, counters = full["param_numel_per_rank"][0], len(checkpoint(one, "trainable.pt"))
+    assert full["optimizer_numel_per_rank"] == [2 * total + counters]
+    assert shard["param_numel_per_rank"] == [total // 2] * 2
+    assert shard["optimizer_numel_per_rank"] == [total + counters] * 2
+
+
+@pytest.mark.slow
+def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, tmp_path_factory):
+    """Groups of n = 2 with the zero-variance filter, one rollout per micro-batch: the ranks keep
+    different numbers of rollouts (in step 1 rank 0 keeps none, rank 1 two; in step 2 no group
+    is kept), so blank micro-batches pad; mu = 2 (no-grad old log-probs through the shards) and
+    beta > 0 (reference). Two sharded ranks stop after step 2, resume from their checkpoint and
+    end where one process does after 3 steps."""
+    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+               test_size=8, n=2, m=2, group_filter="zero_variance", micro_batch_size=1, mu=2,
+               beta=0.04, sharding="fsdp")
     config = tmp_path / "config.yaml"
     cfg.to_yaml(config)
-    trainer = ["-m", "podslib.trainer", str(config)]
-    run([sys.executable, *trainer, str(tmp_path / "one"), "--no-progress"], tmp_path)
-    run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         *trainer, str(tmp_path / "two"), "--no-progress"], tmp_path)
-
-    def params(name):
-        (ckpt,) = (tmp_path / name / "checkpoints").glob("step-*")
-        return torch.load(ckpt / "trainable.pt")
-
-    def metrics(name):
-        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    one, two = params("one"), params("two")
-    assert one.keys() == two.keys()
-    for k in one:
-        assert torch.allclose(one[k], two[k], atol=1e-5, rtol=1e-4), k
-    m1, m2 = metrics("one"), metrics("two")
-    assert len(m1) == len(m2) == 3
-    for a, b in zip(m1, m2):
-        for key in ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
-                    "tokens_trained", "accuracy_all"):
-            assert a[key] == b[key], key
-        assert b["loss"] == pytest.approx(a["loss"], abs=1e-6)
-        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
-    assert any(m["grad_norm"] > 0 for m in m1)
+    train(config, tmp_path / "one", 1)
+    train(config, tmp_path / "two", 2, "max_steps=2")
+    assert len(metrics(tmp_path / "two")) == 2
+    train(config, tmp_path / "two", 2, "--resume")
+    assert_same_run(tmp_path / "one", tmp_path / "two", steps=3)
+    assert [m["blank_micro_batches"] for m in metrics(tmp_path / "one")] == [0, 0, 0]
+    assert [m["blank_micro_batches"] for m in metrics(tmp_path / "two")] == [2, 0, 0]
