@@ -34,6 +34,8 @@ SHARDINGS = ("none", "fsdp")
 # Fields that may differ between a run folder's config.yaml and the config used to resume it:
 # budgets and checkpoint cadence change when the run stops or saves, never what a step computes;
 # sharding (like the number of ranks) changes where it is computed, up to float rounding.
+# Every attention and MLP projection of a Llama / Qwen2 block (the paper's LoRA targets).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RESUME_SAFE_FIELDS = (
     "sharding",
     "max_steps",
@@ -93,15 +95,7 @@ class Config:
     )
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: [
-            "q_proj",
-            "k_proj",
-            "v_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
+        default_factory=lambda: list(LORA_TARGETS),
         metadata={"help": "Linear layers that get a LoRA adapter."},
     )
 

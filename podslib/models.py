@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .config import LORA_TARGETS
+
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
 CHARS = string.printable.replace("\t", "").replace("\r", "").replace("\x0b", "").replace("\x0c", "")
 
@@ -138,15 +140,7 @@ class LoraSettings:
     """Scale numerator: the update is multiplied by alpha / r."""
     dropout: float = 0.0
     """Dropout on the adapter input during training."""
-    target_modules: tuple[str, ...] = (
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    target_modules: tuple[str, ...] = LORA_TARGETS
     """Names of the linear layers that get an adapter."""
 
     def __post_init__(self):
