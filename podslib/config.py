@@ -265,8 +265,16 @@ class Config:
         metadata={"help": "Warm-start the tiny model with supervised training on arith."},
     )
     warm_start_steps: int = field(
-        default=800,
-        metadata={"help": "Warm-start optimizer steps (counted, so it is reproducible)."},
+        default=1500,
+        metadata={"help": "Warm-start optimizer steps at most (counted, so it is reproducible)."},
+    )
+    warm_start_target: float = field(
+        default=0.3,
+        metadata={"help": "Stop the warm-start at the first check whose sampled accuracy on "
+                  "held-out train problems reaches this; 0 = run all warm_start_steps."},
+    )
+    warm_start_check_every: int = field(
+        default=50, metadata={"help": "Warm-start steps between accuracy checks."}
     )
     warm_start_batch_size: int = field(
         default=64, metadata={"help": "Warm-start examples per step."}
@@ -537,6 +545,8 @@ def _validate(cfg: Config) -> None:
             f"{cfg.model!r}, task={cfg.task!r} (set warm_start: false)"
         )
     _int(cfg, "warm_start_steps", 1)
+    _number(cfg, "warm_start_target", 0, 1)
+    _int(cfg, "warm_start_check_every", 1)
     _int(cfg, "warm_start_batch_size", 1)
     _number(cfg, "warm_start_lr", 0, low_open=True)
     _int(cfg, "warm_start_seed", 0)

@@ -2,10 +2,13 @@
 
 RL needs signal: a randomly initialised model never answers correctly, so every group has
 all-zero rewards. Teacher-forced training on worked solutions ("46+75=121\\n121-28=93\\n...
-#### 158") brings it to partial competence first. Learning comes in a sudden jump (DESIGN.md),
-so the budget is counted in optimizer steps (reproducible), not seconds, and the result is
-cached under cache_dir/<hash of the settings>: an HF `save_pretrained` folder that transformers
-and vLLM both load.
+#### 158") brings it to partial competence first. Learning comes in a sudden jump (DESIGN.md)
+whose step depends on the CPU's float rounding: 800 steps gave 31% sampled accuracy on one
+machine and 66% on another. So the warm-start stops at a target accuracy, checked every
+warm_start_check_every steps on held-out train problems (sampled at T = 0.9, the paper's
+evaluation temperature), with warm_start_steps as the cap; steps are counted, not seconds. The
+result is cached under cache_dir/<hash of the settings>: an HF `save_pretrained` folder that
+transformers and vLLM both load, with warm_start.json recording the checks.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ import torch
 # Config fields that determine the tiny base model and its warm-start.
 TINY_FIELDS = ("tiny_hidden", "tiny_layers", "tiny_heads", "warm_start_seed")
 WARM_START_FIELDS = TINY_FIELDS + (
-    "warm_start_steps", "warm_start_batch_size", "warm_start_lr", "template",
-    "arith_steps_min", "arith_steps_max", "arith_operand_min", "arith_operand_max")
+    "warm_start_steps", "warm_start_target", "warm_start_check_every", "warm_start_batch_size",
+    "warm_start_lr", "template", "arith_steps_min", "arith_steps_max", "arith_operand_min",
+    "arith_operand_max")
+# The warm-start accuracy checks: held-out train problems (at most a fifth), one sample each.
+CHECK_PROBLEMS = 200
+CHECK_TEMPERATURE = 0.9
+CHECK_MAX_TOKENS = 48
 
 
 def settings_key(settings: Any, names: tuple[str, ...], kind: str) -> str:
@@ -99,10 +107,10 @@ def sft_batch(examples: list, template: str, tokenizer) -> tuple[torch.Tensor, .
 
 def train_sft(model, tokenizer, examples: list, steps: int, batch_size: int, lr: float,
               template: str, seed: int,
-              callback: Callable[[int, float], None] | None = None) -> list[float]:
-    """`steps` AdamW steps of next-token cross-entropy on the solutions, batches drawn with a
-    seeded generator; callback(step, loss) after each step (e.g. to evaluate while calibrating
-    the budget); returns the loss per step."""
+              callback: Callable[[int, float], bool] | None = None) -> list[float]:
+    """Up to `steps` AdamW steps of next-token cross-entropy on the solutions, batches drawn
+    with a seeded generator; callback(step, loss) after each step stops the training when it
+    returns True; returns the loss per step taken."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
@@ -116,14 +124,32 @@ def train_sft(model, tokenizer, examples: list, steps: int, batch_size: int, lr:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
-        if callback is not None:
-            callback(len(losses), losses[-1])
+        if callback is not None and callback(len(losses), losses[-1]):
+            break
     return losses
 
 
+def sampled_accuracy(model, tokenizer, examples: list, template: str, seed: int) -> float:
+    """Fraction of `examples` answered correctly, one completion each at CHECK_TEMPERATURE
+    (hf engine, seeded); leaves the model in training mode."""
+    from .evaluate import evaluate
+    from .rollout import make_engine
+
+    engine = make_engine("hf", policy=model, tokenizer=tokenizer, seed=seed)
+    try:
+        result = evaluate(engine, examples, template, tokenizer, repeats=1,
+                          temperature=CHECK_TEMPERATURE, max_tokens=CHECK_MAX_TOKENS,
+                          task="arith", seed=seed)
+    finally:
+        engine.close()
+        model.train()
+    return result["n_correct"] / result["n_samples"]
+
+
 def warm_start(settings: Any, cache_dir: str | Path) -> Path:
-    """The tiny model after `warm_start_steps` supervised steps on arith train problems (cached
-    by a hash of the settings; see WARM_START_FIELDS). Deterministic given warm_start_seed."""
+    """The tiny model after supervised steps on arith train problems, stopped at the first check
+    that reaches warm_start_target (or after warm_start_steps); cached by a hash of the settings
+    (see WARM_START_FIELDS). Deterministic given warm_start_seed and the machine."""
     from .models import load_policy
 
     base = tiny_base(settings, cache_dir)
@@ -134,13 +160,25 @@ def warm_start(settings: Any, cache_dir: str | Path) -> Path:
             torch.manual_seed(settings.warm_start_seed)
             model, tokenizer = load_policy(base)
             examples = arith_examples(settings, "train", 20000, seed=settings.warm_start_seed)
+            k = min(CHECK_PROBLEMS, len(examples) // 5)        # small tasks keep 80% to train
+            held_out, examples = examples[:k], examples[k:]
+            checks: list[dict[str, float]] = []
+
+            def reached_target(step: int, loss: float) -> bool:
+                if not settings.warm_start_target or step % settings.warm_start_check_every:
+                    return False
+                accuracy = sampled_accuracy(model, tokenizer, held_out, settings.template,
+                                            settings.warm_start_seed)
+                checks.append({"step": step, "loss": loss, "accuracy": accuracy})
+                return accuracy >= settings.warm_start_target
+
             losses = train_sft(model, tokenizer, examples, settings.warm_start_steps,
                                settings.warm_start_batch_size, settings.warm_start_lr,
-                               settings.template, settings.warm_start_seed)
+                               settings.template, settings.warm_start_seed, reached_target)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "warm_start.json").write_text(json.dumps(
             {name: getattr(settings, name) for name in WARM_START_FIELDS}
-            | {"final_loss": losses[-1]}, indent=2))
+            | {"steps_taken": len(losses), "final_loss": losses[-1], "checks": checks}, indent=2))
 
     return _cached(folder, build)

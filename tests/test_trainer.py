@@ -12,7 +12,7 @@ from podslib.config import Config
 from podslib.rollout import Completion, Group
 
 # A small, easy setting that warm-starts in ~30 s: one operation on operands 0..19, a 2-layer
-# hidden-32 model; 800 supervised steps bring it to partial competence (about 30% correct).
+# hidden-32 model; at most 800 supervised steps, stopped at 30% correct (the default target).
 EASY = {
     "tiny_hidden": 32, "tiny_layers": 2, "tiny_heads": 2, "arith_steps_min": 1,
     "arith_steps_max": 1, "arith_operand_min": 0, "arith_operand_max": 19,
