@@ -366,8 +366,8 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
         execute(NOTEBOOKS / "01_rollouts.ipynb", rollouts / "01_rollouts.ipynb",
                 {"config_file": str(grid.source), "out_dir": str(rollouts)}, kernel, progress)
     step("02_downsampling: the rules on the saved rollouts")
-    if (ablation / "rule_statistics.csv").exists():
-        log(f"   [skip] {ablation}/rule_statistics.csv exists")
+    if (ablation / "02_downsampling.ipynb").exists():     # its tables may come with a clone
+        log(f"   [skip] {ablation}/02_downsampling.ipynb exists")
     else:
         execute(NOTEBOOKS / "02_downsampling.ipynb", ablation / "02_downsampling.ipynb",
                 {"rollouts_dir": str(rollouts), "out_dir": str(ablation)}, kernel, progress)
