@@ -30,7 +30,7 @@ copy refreshed after each update with the gathered weights, and checkpoints hold
 in the same format either way (so a run may resume with the other sharding).
 
 The tiny default (Config defaults: 8 prompts per step, PODS 16 -> 4 vs GRPO 4/4, arith with 1-3
-operations on 1..19, warm-started to ~32% sampled accuracy). Step-time split measured on the
+operations on 1..19, warm-started until 30% sampled accuracy). Step-time split measured on the
 2-core CPU (median of 11 steps, warm-started model, ~28 completion tokens, one thread):
     GRPO 4/4:    generate 0.17 s, update 0.15 s    (37% of groups all-equal)
     PODS 16->4:  generate 0.41 s, update 0.15 s    (12% of groups all-equal)
