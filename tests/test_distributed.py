@@ -1,4 +1,5 @@
-"""Data parallel over prompts: `torchrun --nproc_per_node 2` on CPU (gloo) ends with the same
+"""Data parallel over prompts: `torchrun --nproc_per_node 2` (or `accelerate launch`) on CPU
+(gloo) ends with the same
 parameters and the same per-step rollout statistics as one process over the same global batch,
 with full replicas (sharding 'none') and with FSDP2 shards (sharding 'fsdp')."""
 
@@ -26,11 +27,23 @@ def run(args: list[str], cwd) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-def train(config: Path, run_dir: Path, ranks: int, *extra: str) -> None:
-    """python -m podslib.trainer CONFIG RUN_DIR [key=value ...] in 1 process or `ranks` ranks."""
-    launcher = ([] if ranks == 1 else
-                ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)])
-    run([sys.executable, *launcher, "-m", "podslib.trainer", str(config), str(run_dir), *extra,
+def launcher(name: str, ranks: int) -> list[str]:
+    """The command line that starts `ranks` processes: torchrun, or accelerate launch (its
+    --multi_gpu launcher is torchrun's; on a CPU-only machine the ranks use gloo)."""
+    if ranks == 1:
+        return [sys.executable]
+    if name == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(ranks)]
+    return [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+            "--num_processes", str(ranks), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no"]
+
+
+def train(config: Path, run_dir: Path, ranks: int, *extra: str, via: str = "torchrun") -> None:
+    """python -m podslib.trainer CONFIG RUN_DIR [key=value ...] in 1 process or `ranks` ranks
+    started by `via` ('torchrun' or 'accelerate')."""
+    run([*launcher(via, ranks), "-m", "podslib.trainer", str(config), str(run_dir), *extra,
          "--no-progress"], config.parent)
 
 
@@ -92,15 +105,16 @@ def one_process(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-def test_distributed_two_ranks_match_one_process(one_process):
+@pytest.mark.parametrize("via", ["torchrun", "accelerate"])
+def test_distributed_two_ranks_match_one_process(one_process, via):
     """Rank 0 takes prompts 0-1, rank 1 prompts 2-3, each with the per-prompt seeds one process
     uses, so the rollouts are identical; the loss shares use the global counts and gradients are
-    summed, so the parameters agree to float tolerance."""
+    summed, so the parameters agree to float tolerance. The same with `accelerate launch`."""
     config, one = one_process
-    train(config, one.parent / "two", 2)
-    assert_same_run(one, one.parent / "two", steps=3)
+    train(config, one.parent / via, 2, via=via)
+    assert_same_run(one, one.parent / via, steps=3)
     (total,) = summary(one)["param_numel_per_rank"]
-    assert summary(one.parent / "two")["param_numel_per_rank"] == [total, total]
+    assert summary(one.parent / via)["param_numel_per_rank"] == [total, total]
 
 
 @pytest.mark.slow
