@@ -1,7 +1,7 @@
 """Data parallel over prompts: `torchrun --nproc_per_node 2` (or `accelerate launch`) on CPU
-(gloo) ends with the same
-parameters and the same per-step rollout statistics as one process over the same global batch,
-with full replicas (sharding 'none') and with FSDP2 shards (sharding 'fsdp')."""
+(gloo) ends with the same parameters and the same per-step rollout statistics as one process
+over the same global batch, with full replicas (sharding 'none') and with FSDP2 shards
+(sharding 'fsdp')."""
 
 import json
 import os
