@@ -35,7 +35,9 @@ operations on 1..19, warm-started until 30% sampled accuracy). Step-time split m
     GRPO 4/4:    generate 0.17 s, update 0.15 s    (37% of groups all-equal)
     PODS 16->4:  generate 0.41 s, update 0.15 s    (12% of groups all-equal)
     GRPO 16/16:  generate 0.43 s, update 0.60 s
-Generation of 4x the rollouts costs 2.4x here; on the paper's GPUs the update dominates.
+Generation of 4x the rollouts costs 2.4x here; on the paper's GPUs the update dominates. (One
+machine, the fixed-step warm-start; the latest `make reproduce`, per step over 90 s runs: GRPO
+4/4 generate 0.34 s + update 0.24 s, PODS 16->4 0.82 s + 0.26 s: results/tiny/summary.md.)
 
 Paper's 8-GPU recipe (Qwen2.5-3B-Instruct, GSM8K, full fine-tune, 30 min):
     GRPO: n = m = 32,  PODS: n = 128, m = 32 (max_variance); lr 2e-5 cosine, warmup 0.1, beta 0,
