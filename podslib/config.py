@@ -30,12 +30,12 @@ REWARD_TERMS = ("correctness", "format", "tags", "strict_format")
 OPTIMIZERS = ("adamw", "adamw_8bit")
 SCHEDULES = ("constant", "cosine")
 SHARDINGS = ("none", "fsdp")
+# Every attention and MLP projection of a Llama / Qwen2 block (the paper's LoRA targets).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Fields that may differ between a run folder's config.yaml and the config used to resume it:
 # budgets and checkpoint cadence change when the run stops or saves, never what a step computes;
 # sharding (like the number of ranks) changes where it is computed, up to float rounding.
-# Every attention and MLP projection of a Llama / Qwen2 block (the paper's LoRA targets).
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RESUME_SAFE_FIELDS = (
     "sharding",
     "max_steps",
