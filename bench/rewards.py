@@ -5,7 +5,14 @@ import random
 import time
 from pathlib import Path
 
-from podslib.rewards import REWARD_TERMS, extract_answer, grade_math, is_correct, score_batch, start_math_pool
+from podslib.rewards import (
+    REWARD_TERMS,
+    extract_answer,
+    grade_math,
+    is_correct,
+    score_batch,
+    start_math_pool,
+)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ADVERSARIAL = [
@@ -51,7 +58,7 @@ def main() -> None:
     start_math_pool(2)
     print(f"math worst per completion (5 s hard limit): {worst_math(fuzz[:40] + ADVERSARIAL):.2f} s")
 
-    rows = [json.loads(line) for line in open(DATA / "math500" / "test.jsonl")]
+    rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").read_text().splitlines()]
     solutions, answers = [r["solution"] for r in rows], [r["answer"] for r in rows]
     shifted = answers[1:] + answers[:1]
     for workers in (1, 2):
@@ -62,7 +69,7 @@ def main() -> None:
         print(f"MATH-500 workers={workers}: own answer correct {sum(own)}/{len(rows)}, next row's answer "
               f"wrong {len(rows) - sum(other)}/{len(rows)}, {rate:.0f} grades/s")
 
-    gsm = [json.loads(line) for line in open(DATA / "gsm8k" / "test.jsonl")][:64]
+    gsm = [json.loads(line) for line in (DATA / "gsm8k" / "test.jsonl").read_text().splitlines()][:64]
     golds = [r["answer"].split("####")[-1].strip().replace(",", "") for r in gsm]
     completions = [[f"<think>\n{r['answer'].split('####')[0]}</think>\n<answer>\n{g}\n</answer>"] * 16
                    for r, g in zip(gsm, golds)]
