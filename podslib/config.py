@@ -353,10 +353,12 @@ class Config:
     def run_dir(self) -> Path:
         return Path(self.results_root) / self.experiment / self.run_id
 
-    def differing_fields(self, other: Config) -> list[str]:
-        """Names of fields whose values differ from `other`'s, resume-safe fields excluded."""
+    def differing_fields(self, other: Config,
+                         ignore: tuple[str, ...] = RESUME_SAFE_FIELDS) -> list[str]:
+        """Names of fields whose values differ from `other`'s, those in `ignore` (by default the
+        resume-safe ones) excluded."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in mine if k not in RESUME_SAFE_FIELDS and mine[k] != theirs[k]]
+        return [k for k in mine if k not in ignore and mine[k] != theirs[k]]
 
 
 def tiny_default(**overrides: Any) -> Config:

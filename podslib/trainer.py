@@ -550,8 +550,7 @@ def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
         raise ValueError(f"run_dir {str(run_dir)!r} already holds a run; pass resume=True or "
                          "choose another run_name")
     else:
-        mine, saved = cfg.to_dict(), Config.from_yaml(saved_path).to_dict()
-        differ = [k for k in mine if mine[k] != saved[k]]
+        differ = cfg.differing_fields(Config.from_yaml(saved_path), ignore=())
         if differ:
             raise ValueError(f"run_dir {str(run_dir)!r} holds a config.yaml that differs in "
                              f"field(s) {', '.join(differ)}; choose another run_name (it is "
