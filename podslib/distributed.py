@@ -20,12 +20,21 @@ no process group: every helper is then the identity, and nothing is sharded.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+# Imported before `setup` creates the group: torch.distributed.fsdp binds the default group at
+# import when one exists (a `process_group=dist.group.WORLD` default argument), which keeps it
+# alive after destroy_process_group; its gloo threads then meet interpreter shutdown and can abort
+# a finished rank (SIGABRT). transformers imports it, so it must come first.
+import torch.distributed.fsdp
 from torch import Tensor, nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -70,6 +79,22 @@ def teardown() -> None:
     """Leave the process group (if one was joined)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int = 0) -> NoReturn:
+    """End this rank's process: run the atexit handlers, flush stdout and stderr, then leave
+    without interpreter finalization (`os._exit`).
+
+    Once FSDP2 has run, DTensor's caches keep the default process group alive past
+    `destroy_process_group`, and gloo threads still running at interpreter shutdown can abort a
+    rank that has finished and written everything (SIGABRT, "terminate called without an active
+    exception"), failing the launch. The launcher entry point (`podslib.trainer.main`) ends each
+    rank of a multi-process run this way.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def all_gather_rows(x: Tensor) -> Tensor:

@@ -834,7 +834,6 @@ def main(argv: list[str] | None = None) -> None:
     (the entry point for torchrun / accelerate launch)."""
     import argparse
 
-
     parser = argparse.ArgumentParser(prog="python -m podslib.trainer", description=main.__doc__)
     parser.add_argument("config")
     parser.add_argument("run_dir")
@@ -853,6 +852,8 @@ def main(argv: list[str] | None = None) -> None:
     if D.world_size_from_env() == 1 or int(os.environ.get("RANK", "0")) == 0:
         json.dump(summary, sys.stdout, indent=2)
         print()
+    if D.world_size_from_env() > 1:
+        D.exit_process(0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generate
 
 
 def run(args: list[str], cwd) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=400,
                           check=False)
@@ -89,6 +89,42 @@ def test_single_process_helpers_are_identities():
         os.environ.get("WORLD_SIZE", "1")))
     assert torch.equal(D.full_tensor(x), x) and not D.is_sharded(torch.nn.Linear(2, 2))
     assert torch.equal(D.shard_like(x, x), x) and D.local_numel([x, x[0]]) == 8
+
+
+GLOO_THREADS_AFTER_TEARDOWN = """
+import os, sys
+import torch
+from podslib import distributed as D
+
+D.setup("cpu")
+from transformers import AutoModelForCausalLM  # imports torch.distributed.fsdp
+assert D.all_reduce_sum(torch.ones(1)).item() == 2
+D.teardown()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+sys.exit(f"gloo threads outlived teardown: {names}" if any("gloo" in n for n in names) else 0)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names in /proc")
+def test_teardown_stops_the_gloo_threads(tmp_path):
+    """transformers imports torch.distributed.fsdp, which binds the default group at import; had
+    the group been created first it would outlive destroy_process_group, and its live gloo threads
+    at interpreter shutdown abort a finished rank now and then (SIGABRT). `setup` imports fsdp
+    before creating the group, so `teardown` ends the threads on both ranks."""
+    script = tmp_path / "probe.py"
+    script.write_text(GLOO_THREADS_AFTER_TEARDOWN)
+    run([*launcher("torchrun", 2), str(script)], tmp_path)
+
+
+def test_exit_process_runs_atexit_handlers_and_flushes_output(tmp_path):
+    """What a rank prints, and what its atexit handlers (e.g. the MATH grading pool's close) do,
+    survive the exit without interpreter finalization; the exit code is the one given."""
+    code = ("import atexit, sys; from podslib.distributed import exit_process; "
+            "atexit.register(lambda: print('closed', file=sys.stderr)); "
+            "print('summary', end=''); exit_process(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert (proc.returncode, proc.stdout, proc.stderr.strip()) == (3, "summary", "closed")
 
 
 @pytest.fixture(scope="module")
