@@ -829,9 +829,10 @@ def _parse_value(text: str) -> Any:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    """python -m podslib.trainer CONFIG.yaml RUN_DIR [--resume] [--no-progress] [key=value ...]
-    (the entry point for torchrun / accelerate launch)."""
+def parse_command_line(argv: list[str] | None = None) -> tuple[Config, Any]:
+    """(config with the overrides applied, parsed flags) of
+    `CONFIG.yaml RUN_DIR [--resume] [--no-progress] [key=value ...]`; flags and overrides may
+    come in any order."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m podslib.trainer", description=main.__doc__)
@@ -840,14 +841,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value (value parsed as YAML)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     overrides = {}
     for item in args.overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"overrides must be key=value; got {item!r}")
         overrides[key] = _parse_value(value)
-    cfg = Config.from_yaml(args.config, **overrides)
+    return Config.from_yaml(args.config, **overrides), args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m podslib.trainer CONFIG.yaml RUN_DIR [--resume] [--no-progress] [key=value ...]
+    (the entry point for torchrun / accelerate launch)."""
+    cfg, args = parse_command_line(argv)
     summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
     if D.world_size_from_env() == 1 or int(os.environ.get("RANK", "0")) == 0:
         json.dump(summary, sys.stdout, indent=2)

@@ -247,3 +247,16 @@ def test_command_line_values_parse_as_yaml_with_plain_exponents():
     assert T._parse_value("max_variance") == "max_variance"
     assert T._parse_value("{correctness: 1.0}") == {"correctness": 1.0}
     assert T._parse_value("null") is None and T._parse_value("true") is True
+
+
+def test_command_line_takes_flags_and_overrides_in_any_order(tmp_path):
+    config = tmp_path / "c.yaml"
+    easy(tmp_path).to_yaml(config)
+    cfg, args = T.parse_command_line([str(config), "run", "--no-progress", "seed=3", "--resume",
+                                      "lr=2e-4"])
+    assert (cfg.seed, cfg.lr, args.run_dir, args.resume, args.no_progress) == (
+        3, 2e-4, "run", True, True)
+    with pytest.raises(ValueError, match="overrides must be key=value; got 'seed'"):
+        T.parse_command_line([str(config), "run", "seed"])
+    with pytest.raises(ValueError, match="nope"):
+        T.parse_command_line([str(config), "run", "nope=1"])
