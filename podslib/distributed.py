@@ -55,17 +55,19 @@ class DistInfo:
     def enabled(self) -> bool:
         return self.world_size > 1
 
-
-def world_size_from_env() -> int:
-    """WORLD_SIZE as set by torchrun / accelerate launch (1 when absent)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    @classmethod
+    def from_env(cls) -> DistInfo:
+        """RANK, WORLD_SIZE and LOCAL_RANK as set by torchrun / accelerate launch (one process
+        when absent)."""
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")),
+                   int(env.get("LOCAL_RANK", "0")))
 
 
 def setup(device: str) -> tuple[DistInfo, str]:
     """Join the process group when launched with several processes; returns (info, device) where
     a 'cuda' device becomes 'cuda:<local_rank>'."""
-    info = DistInfo(int(os.environ.get("RANK", "0")), world_size_from_env(),
-                    int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo.from_env()
     if device == "cuda" and info.enabled:
         device = f"cuda:{info.local_rank}"
     if device.startswith("cuda"):

@@ -580,7 +580,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     resume folder with a different config) is raised before any model is loaded.
     """
     run_dir = Path(run_dir)
-    world = D.world_size_from_env()
+    world = D.DistInfo.from_env().world_size
     if cfg.prompts_per_step % world:
         raise ValueError(f"prompts_per_step must be divisible by the number of processes "
                          f"({world}); got {cfg.prompts_per_step}")
@@ -856,10 +856,11 @@ def main(argv: list[str] | None = None) -> None:
     (the entry point for torchrun / accelerate launch)."""
     cfg, args = parse_command_line(argv)
     summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
-    if D.world_size_from_env() == 1 or int(os.environ.get("RANK", "0")) == 0:
+    info = D.DistInfo.from_env()
+    if info.is_main:
         json.dump(summary, sys.stdout, indent=2)
         print()
-    if D.world_size_from_env() > 1:
+    if info.enabled:
         D.exit_process(0)
 
 

@@ -85,10 +85,21 @@ def summary(run_dir: Path) -> dict:
 def test_single_process_helpers_are_identities():
     x = torch.arange(6.0).reshape(3, 2)
     assert D.all_gather_rows(x) is x and torch.equal(D.all_reduce_sum(x.clone()), x)
-    assert D.all_reduce_max(2.5) == 2.5 and D.world_size_from_env() in (1, int(
-        os.environ.get("WORLD_SIZE", "1")))
+    assert D.all_reduce_max(2.5) == 2.5
     assert torch.equal(D.full_tensor(x), x) and not D.is_sharded(torch.nn.Linear(2, 2))
     assert torch.equal(D.shard_like(x, x), x) and D.local_numel([x, x[0]]) == 8
+
+
+def test_dist_info_reads_the_launcher_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    one = D.DistInfo.from_env()
+    assert one == D.DistInfo(0, 1, 0) and one.is_main and not one.enabled
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    rank = D.DistInfo.from_env()
+    assert rank == D.DistInfo(5, 8, 1) and rank.enabled and not rank.is_main
 
 
 GLOO_THREADS_AFTER_TEARDOWN = """
