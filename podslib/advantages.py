@@ -1,12 +1,14 @@
-"""Group-relative advantages of GRPO / PODS (PAPER.md, "Advantages and loss").
+"""Group-relative advantages of GRPO / PODS (docs/method.md, "Advantages and loss").
 
-Each prompt's rewards are centred on their own group mean and optionally scaled:
+Each prompt's rewards are centred on their group mean and scaled by a rule of the `SCALES`
+registry:
     "group":  A = (r - mean_g) / (std_g + eps)      std_g: unbiased std of the group (GRPO, PODS)
     "batch":  A = (r - mean_g) / (std_B + eps)      std_B: unbiased std over the whole batch
     "none":   A = r - mean_g                         (Dr. GRPO: no std scaling)
-In PODS the groups are the m selected rollouts. The std of a single element is defined as 0
-(torch gives NaN), so a one-rollout group gets advantage 0; a group of equal rewards gets
-exact zeros.
+In PODS the group is the m selected rollouts; with `pool` the mean and std come from all n
+rollouts of the prompt instead (Config.adv_over = 'all'). The std of a single element is
+defined as 0 (torch gives NaN), so a one-rollout group gets advantage 0; a group whose
+statistics rows are all equal gets exact zeros.
 """
 
 import math
@@ -14,7 +16,10 @@ import math
 import torch
 from torch import Tensor
 
-SCALES = ("group", "batch", "none")
+from .registry import Registry
+
+# name -> fn(centred [G, m], pool [G, n]) -> the std to divide by ([G, 1], a scalar, or None)
+SCALES = Registry("scale_rewards")
 
 
 def _std(x: Tensor, dim: int | None = None) -> Tensor:
@@ -26,34 +31,62 @@ def _std(x: Tensor, dim: int | None = None) -> Tensor:
     return x.std() if dim is None else x.std(dim=dim, keepdim=True)
 
 
-def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4) -> Tensor:
+@SCALES.register("group")
+def _group(pool: Tensor) -> Tensor:
+    """[G, n] -> [G, 1] each group's own std."""
+    return _std(pool, dim=1)
+
+
+@SCALES.register("batch")
+def _batch(pool: Tensor) -> Tensor:
+    """[G, n] -> scalar std over the whole batch."""
+    return _std(pool)
+
+
+@SCALES.register("none")
+def _none(pool: Tensor) -> None:
+    """No scaling (Dr. GRPO)."""
+    return
+
+
+def _check(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor) or x.dim() != 2:
+        shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be a [G, m] tensor; got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite; got NaN or inf")
+
+
+def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4,
+                     pool: Tensor | None = None) -> Tensor:
     """Advantages of each rollout relative to its group.
 
     Args:
         rewards: [G, m] finite float rewards, one row per prompt.
-        scale: "group" (per-row std), "batch" (std of all G * m rewards) or "none".
+        scale: a name in SCALES ("group", "batch", "none").
         eps: added to the std before dividing, >= 0.
+        pool: [G, n] rewards whose mean and std are used (default: `rewards` itself).
 
     Returns:
         [G, m] advantages in rewards' dtype.
     """
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of 'group', 'batch', 'none'; got {scale!r}")
-    if not isinstance(rewards, Tensor) or rewards.dim() != 2:
-        shape = list(rewards.shape) if isinstance(rewards, Tensor) else type(rewards).__name__
-        raise ValueError(f"rewards must be a [G, m] tensor; got {shape}")
-    if not rewards.is_floating_point():
-        raise ValueError(f"rewards must be a floating-point tensor; got dtype {rewards.dtype}")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("rewards must be finite; got NaN or inf")
+    scale_fn = SCALES.get(scale)
+    _check("rewards", rewards)
+    pool = rewards if pool is None else pool
+    _check("pool", pool)
+    if pool.shape[0] != rewards.shape[0]:
+        raise ValueError(f"pool must have one row per group ({rewards.shape[0]}); got "
+                         f"{pool.shape[0]}")
     if not (isinstance(eps, (int, float)) and 0.0 <= eps < math.inf):
         raise ValueError(f"eps must be a finite number >= 0; got {eps!r}")
-    centred = rewards - rewards.mean(dim=1, keepdim=True)
-    equal = rewards.amax(dim=1, keepdim=True) == rewards.amin(dim=1, keepdim=True)
+    centred = rewards - pool.mean(dim=1, keepdim=True)
+    equal = pool.amax(dim=1, keepdim=True) == pool.amin(dim=1, keepdim=True)
     centred = torch.where(equal, 0.0, centred)  # exact zeros, whatever the rounding of the mean
-    if scale == "none":
+    std = scale_fn(pool)
+    if std is None:
         return centred
-    std = _std(rewards, dim=1) if scale == "group" else _std(rewards)
     if eps == 0.0:
-        std = torch.where(std > 0, std, 1.0)  # std 0 only when centred is all zeros
+        std = torch.where(std > 0, std, 1.0)  # std 0 only where centred is all zeros
     return centred / (std + eps)

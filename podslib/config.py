@@ -1,364 +1,425 @@
 """One validated configuration for a GRPO / GRPO-PODS run (TRL `GRPOConfig` style).
 
-Every field has a type, a default and one line of help (`Config.help(name)`); `__post_init__`
-validates the object as a whole, so a bad value fails with a ValueError naming the field before
-any model is loaded. The same object is what YAML files and papermill parameters fill in and
-what a run folder records (`config.yaml`).
+Every field is declared once, with its type, default, one line of help and what it accepts
+(`choices`: a registry of the module that implements them, or a tuple; `low` / `high`: a
+range), through `option(...)`. `check_field` checks any field against its declaration, so the
+code below holds only the rules *between* fields (`Config.__post_init__`). A bad value fails
+with one ValueError line naming the field before any model is loaded.
 
-The defaults are the tiny CPU default (embedded Qwen2-style model, warm-started on the synthetic
-arithmetic task, hf engine): see `tiny_default()` and the notes in `podslib.trainer`.
+The settings of the embedded default (the tiny model, its arithmetic task and its supervised
+warm-start) are a nested `TinySettings` (`tiny:` in YAML), like TRL keeps its ModelConfig apart.
+The same object is what YAML files and papermill parameters fill in and what a run folder
+records (`config.yaml`); `load_yaml` reads numbers such as `1e-4`, which YAML 1.1 leaves as
+strings, as numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
+import importlib
 import math
+import re
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-DTYPES = ("float32", "bfloat16", "float16")
-TASKS = ("arith", "gsm8k", "math", "math500")
-TEMPLATES = ("tiny", "pods", "gsm8k")
-ENGINES = ("hf", "vllm", "auto")
-RULES = ("max_variance", "max_reward", "random")
-GROUP_FILTERS = ("none", "zero_variance")
-ADV_OVER = ("selected", "all")
-AGGREGATIONS = ("grpo", "bnpo", "dapo", "dr_grpo")
-SCALES = ("group", "batch", "none")
-REWARD_TERMS = ("correctness", "format", "tags", "strict_format")
-OPTIMIZERS = ("adamw", "adamw_8bit")
-SCHEDULES = ("constant", "cosine")
-SHARDINGS = ("none", "fsdp")
+import yaml
+
+# Patterns of string fields: (regex matched in full, what it means).
+FOLDER = (r"[^/]+", "a folder name (non-empty, no '/')")
+FOLDER_OR_EMPTY = (r"[^/]*", "a folder name without '/' (or empty)")
+NON_EMPTY = (r".+", "a non-empty string")
 # Every attention and MLP projection of a Llama / Qwen2 block (the paper's LoRA targets).
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-# Fields that may differ between a run folder's config.yaml and the config used to resume it:
-# budgets and checkpoint cadence change when the run stops or saves, never what a step computes;
-# sharding (like the number of ranks) changes where it is computed, up to float rounding.
-RESUME_SAFE_FIELDS = (
-    "sharding",
-    "max_steps",
-    "max_train_seconds",
-    "checkpoint_every_s",
-    "checkpoint_every_steps",
-    "results_root",
-    "cache_dir",
-)
+
+def option(default: Any, help: str, *, choices: str | tuple | None = None,
+           low: float | None = None, high: float | None = None, low_open: bool = False,
+           high_open: bool = False, pattern: tuple[str, str] | None = None,
+           resume_safe: bool = False) -> Any:
+    """A dataclass field with its help and what it accepts.
+
+    choices: a tuple of values, or 'module.NAME' naming a podslib registry (imported when a value
+    is checked, so a rule registered later is accepted). low / high: numeric bounds (closed
+    unless *_open). pattern: (regex a string must match in full, what that means in words).
+    resume_safe: may differ when a run is resumed (budgets and cadence change when a run
+    stops, never what a step computes).
+    """
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
+            "high_open": high_open, "pattern": pattern, "resume_safe": resume_safe}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: _copy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    return dataclasses.replace(value) if dataclasses.is_dataclass(value) else type(value)(value)
+
+
+# ------------------------------------------------------------------------------------------
+# checking fields against their declarations
+# ------------------------------------------------------------------------------------------
+
+def check_keys(kind: type, values: dict[str, Any], prefix: str = "") -> None:
+    """ValueError naming every key of `values` that is not a field of `kind` (with the closest
+    match)."""
+    if not isinstance(values, dict):
+        what = f"{prefix.rstrip('.')} settings" if prefix else "config"
+        raise ValueError(f"{what} must be a mapping of field names to values; got "  # noqa: TRY004
+                         f"{values!r}")
+    known = [f.name for f in fields(kind)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hints.append(repr(prefix + str(key)) + (f" (did you mean {prefix + close[0]!r}?)"
+                                                   if close else ""))
+        raise ValueError(f"unknown config key(s): {', '.join(hints)}; see Config fields")
+
+
+def check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass `obj` against its type and declaration (see `option`)."""
+    hints = _type_hints(type(obj))
+    for f in fields(obj):
+        check_field(prefix + f.name, getattr(obj, f.name), hints[f.name], f.metadata)
+
+
+@functools.cache
+def _type_hints(kind: type) -> dict[str, Any]:
+    return typing.get_type_hints(kind)
+
+
+def check_field(name: str, value: Any, hint: Any, meta: dict) -> None:
+    """ValueError naming `name` unless `value` has type `hint` and meets `meta`."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return
+        hint = next(a for a in args if a is not type(None))
+    expected = _type_error(name, value, hint)
+    if expected:
+        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    if meta.get("choices") is not None:
+        _check_choice(name, value, meta["choices"])
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        _check_range(name, value, meta)
+    if meta.get("pattern") and not re.fullmatch(meta["pattern"][0], value):
+        raise ValueError(f"{name} must be {meta['pattern'][1]}; got {value!r}")
+
+
+def _type_error(name: str, value: Any, hint: Any) -> str:
+    """What `value` should have been, or '' when it has type `hint`."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        return "" if isinstance(value, bool) else "true or false"
+    if hint is int:
+        return "" if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return "" if ok else "a finite number"
+    if hint is str:
+        return "" if isinstance(value, str) else "a string"
+    if origin is list:
+        ok = isinstance(value, list) and value and all(isinstance(x, str) for x in value)
+        return "" if ok else "a non-empty list of strings"
+    if origin is dict:
+        ok = isinstance(value, dict) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value.values())
+        return "" if ok else "a non-empty mapping of names to finite numbers"
+    return "" if isinstance(value, hint) else f"a mapping of {hint.__name__} fields"
+
+
+def _registry(path: str):
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(f"podslib.{module}"), attr)
+
+
+def _check_choice(name: str, value: Any, choices: str | tuple) -> None:
+    allowed = _registry(choices) if isinstance(choices, str) else choices
+    for item in (value if isinstance(value, dict) else [value]):   # a mapping: its keys
+        if item not in allowed:
+            what = f"{name} keys" if isinstance(value, dict) else name
+            raise ValueError(f"{what} must be one of {', '.join(map(repr, allowed))}; "
+                             f"got {item!r}")
+
+
+def _check_range(name: str, value: float, meta: dict) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    too_low = low is not None and (value <= low if meta["low_open"] else value < low)
+    too_high = high is not None and (value >= high if meta["high_open"] else value > high)
+    if too_low or too_high:
+        if high is None:
+            bound = f"> {low}" if meta["low_open"] else f">= {low}"
+            raise ValueError(f"{name} must be {bound}; got {value!r}")
+        lo, hi = "(" if meta["low_open"] else "[", ")" if meta["high_open"] else "]"
+        raise ValueError(f"{name} must be in {lo}{low}, {high}{hi}; got {value!r}")
+
+
+@dataclass
+class TinySettings:
+    """The embedded default: a tiny character-level Qwen2 model, the synthetic arithmetic task it
+    is trained on, and its supervised warm-start (used when model is 'tiny')."""
+
+    hidden: int = option(128, "Tiny model: hidden size (the MLP is twice as wide).", low=1)
+    layers: int = option(4, "Tiny model: number of transformer layers.", low=1)
+    heads: int = option(4, "Tiny model: attention heads (hidden must be divisible by them).",
+                        low=1)
+    seed: int = option(0, "Seed of the tiny model's initialisation and warm-start (shared by "
+                       "every run of an experiment).", low=0)
+    steps_min: int = option(1, "Arith task: fewest operations per problem.", low=1)
+    steps_max: int = option(3, "Arith task: most operations per problem.", low=1)
+    operand_min: int = option(1, "Arith task: smallest operand.", low=0)
+    operand_max: int = option(19, "Arith task: largest operand.", low=0)
+    warm_start: bool = option(True, "Warm-start the tiny model by supervised training on arith "
+                              "before RL (the task needs partial competence to give signal).")
+    warm_start_steps: int = option(1500, "Warm-start optimizer steps at most (counted, so it is "
+                                   "reproducible).", low=1)
+    warm_start_target: float = option(0.3, "Stop the warm-start at the first check whose sampled "
+                                      "accuracy on held-out train problems reaches this; 0 = run "
+                                      "all warm_start_steps.", low=0, high=1)
+    warm_start_check_every: int = option(50, "Warm-start steps between accuracy checks.", low=1)
+    warm_start_batch_size: int = option(64, "Warm-start examples per step.", low=1)
+    warm_start_lr: float = option(3e-3, "Warm-start AdamW learning rate.", low=0, low_open=True)
+
+    def __post_init__(self):
+        check_fields(self, "tiny.")
+        self._check_relations()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TinySettings:
+        """Build from a mapping; unknown keys -> ValueError naming them."""
+        check_keys(cls, values, "tiny.")
+        return cls(**values)
+
+    def _check_relations(self) -> None:
+        if self.hidden % self.heads:
+            raise ValueError(f"tiny.hidden must be divisible by tiny.heads; got {self.hidden} "
+                             f"and {self.heads}")
+        for low, high in (("steps_min", "steps_max"), ("operand_min", "operand_max")):
+            if getattr(self, high) < getattr(self, low):
+                raise ValueError(f"tiny.{high} must be >= tiny.{low} ({getattr(self, low)}); "
+                                 f"got {getattr(self, high)}")
 
 
 @dataclass
 class Config:
     """All settings of one training run; see each field's help (`Config.help(name)`)."""
 
-    # --- run identity --------------------------------------------------------------------------
-    experiment: str = field(
-        default="tiny",
-        metadata={"help": "Experiment name: runs are written to results_root/experiment/run_name."},
-    )
-    run_name: str = field(
-        default="",
-        metadata={"help": "Run folder name; empty = '<rule or grpo>-n<n>-m<m>-s<seed>'."},
-    )
-    seed: int = field(
-        default=0,
-        metadata={"help": "Seed for data order, sampling seeds, selection and initialisation."},
-    )
+    # --- run identity ------------------------------------------------------------------------
+    experiment: str = option("tiny", "Experiment name: runs are written to "
+                             "results_root/experiment/run_name.", pattern=FOLDER)
+    run_name: str = option("", "Run folder name; empty = '<method>-s<seed>' with method 'grpo-n4-m4' "
+                           "or '<rule>-n16-m4'.", pattern=FOLDER_OR_EMPTY)
+    seed: int = option(0, "Seed for data order, sampling seeds, selection and initialisation.",
+                       low=0)
 
-    # --- model ---------------------------------------------------------------------------------
-    model: str = field(
-        default="tiny",
-        metadata={
-            "help": "'tiny' = the embedded character-level Qwen2 model; else an HF id or folder."
-        },
-    )
-    tiny_hidden: int = field(
-        default=128, metadata={"help": "Tiny model: hidden size (MLP width is 2x)."}
-    )
-    tiny_layers: int = field(
-        default=4, metadata={"help": "Tiny model: number of transformer layers."}
-    )
-    tiny_heads: int = field(default=4, metadata={"help": "Tiny model: attention heads."})
-    dtype: str = field(
-        default="float32", metadata={"help": "Weights dtype: 'float32', 'bfloat16' or 'float16'."}
-    )
-    device: str = field(
-        default="cpu",
-        metadata={"help": "Torch device: 'cpu', 'cuda' (under torchrun: cuda:<local rank>)."},
-    )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Pass trust_remote_code to transformers."}
-    )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tune."})
-    lora_alpha: float = field(
-        default=64.0, metadata={"help": "LoRA alpha (update scale alpha / r)."}
-    )
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: list(LORA_TARGETS),
-        metadata={"help": "Linear layers that get a LoRA adapter."},
-    )
+    # --- model -------------------------------------------------------------------------------
+    model: str = option("tiny", "'tiny' = the embedded character-level Qwen2 model (see tiny); "
+                        "else an HF id or folder.", pattern=NON_EMPTY)
+    tiny: TinySettings = option(TinySettings(), "Settings of the embedded default (model 'tiny'): "
+                                "model size, arith difficulty, warm-start.")
+    dtype: str = option("float32", "Weights dtype.", choices="models.DTYPES")
+    device: str = option("cpu", "Torch device: 'cpu', 'cuda' (under torchrun: cuda:<local rank>).",
+                         pattern=NON_EMPTY)
+    trust_remote_code: bool = option(False, "Pass trust_remote_code to transformers.")
+    lora_r: int = option(0, "LoRA rank; 0 = full fine-tune.", low=0)
+    lora_alpha: float = option(64.0, "LoRA alpha (update scale alpha / r).", low=0, low_open=True)
+    lora_dropout: float = option(0.0, "LoRA dropout.", low=0, high=1, high_open=True)
+    lora_target_modules: list[str] = option(list(LORA_TARGETS), "Linear layers that get a LoRA "
+                                            "adapter (non-empty).")
 
-    # --- task and prompts ----------------------------------------------------------------------
-    task: str = field(
-        default="arith",
-        metadata={"help": "Task: 'arith' (synthetic), 'gsm8k', 'math' (train) / 'math500' (test)."},
-    )
-    train_source: str | None = field(
-        default=None,
-        metadata={"help": "Train data: local JSONL file/folder or hub id; None = default."},
-    )
-    test_source: str | None = field(
-        default=None,
-        metadata={"help": "Test data: local JSONL file/folder or hub id; None = default."},
-    )
-    template: str = field(
-        default="tiny",
-        metadata={"help": "Prompt template: 'tiny', 'pods' (<think>/<answer>) or 'gsm8k'."},
-    )
-    max_prompt_tokens: int | None = field(
-        default=512, metadata={"help": "Drop prompts longer than this; None = keep all."}
-    )
-    max_completion_tokens: int = field(
-        default=48, metadata={"help": "Most tokens per sampled completion (training and eval)."}
-    )
-    train_size: int | None = field(
-        default=20000,
-        metadata={"help": "Train examples to use (arith: how many to generate); None = all."},
-    )
-    test_size: int | None = field(
-        default=400, metadata={"help": "Test problems to evaluate on; None = the whole split."}
-    )
-    arith_steps_min: int = field(
-        default=1, metadata={"help": "Arith: fewest operations per problem."}
-    )
-    arith_steps_max: int = field(
-        default=3, metadata={"help": "Arith: most operations per problem."}
-    )
-    arith_operand_min: int = field(default=1, metadata={"help": "Arith: smallest operand."})
-    arith_operand_max: int = field(default=19, metadata={"help": "Arith: largest operand."})
+    # --- task and prompts --------------------------------------------------------------------
+    task: str = option("arith", "Task: 'arith' (synthetic), 'gsm8k', 'math' (train) / 'math500' "
+                       "(test), or a registered one.", choices="tasks.TASKS")
+    train_source: str | None = option(None, "Train data: local JSONL file/folder or hub id; "
+                                      "None = the task's default.")
+    test_source: str | None = option(None, "Test data: local JSONL file/folder or hub id; "
+                                     "None = the task's default.")
+    template: str = option("tiny", "Prompt template: 'tiny', 'pods' (<think>/<answer>), 'gsm8k'.",
+                           choices="tasks.TEMPLATES")
+    max_prompt_tokens: int | None = option(512, "Drop prompts longer than this; None = keep all.",
+                                           low=1)
+    max_completion_tokens: int = option(48, "Most tokens per sampled completion (training and "
+                                        "eval).", low=1)
+    train_size: int | None = option(20000, "Train examples to use (arith: how many to generate); "
+                                    "None = all.", low=1)
+    test_size: int | None = option(400, "Test problems to evaluate on; None = the whole split.",
+                                   low=1)
 
-    # --- rollouts and down-sampling ------------------------------------------------------------
-    engine: str = field(default="hf", metadata={"help": "Rollout engine: 'hf', 'vllm' or 'auto'."})
-    gpu_memory_utilization: float = field(
-        default=0.3, metadata={"help": "vLLM: fraction of GPU memory for the engine."}
-    )
-    n: int = field(default=16, metadata={"help": "Rollouts generated per prompt."})
-    m: int = field(
-        default=4,
-        metadata={"help": "Rollouts kept per prompt for the update (m == n: vanilla GRPO)."},
-    )
-    rule: str = field(
-        default="max_variance",
-        metadata={"help": "Down-sampling rule: 'max_variance' (PODS), 'max_reward', 'random'."},
-    )
-    group_filter: str = field(
-        default="none",
-        metadata={"help": "'zero_variance' drops groups whose n rewards are all equal (DAPO)."},
-    )
-    adv_over: str = field(
-        default="selected",
-        metadata={"help": "Advantage statistics over the 'selected' m (paper) or 'all' n."},
-    )
-    prompts_per_step: int = field(
-        default=8, metadata={"help": "Prompts per optimizer step (global, over all ranks)."}
-    )
-    temperature: float = field(
-        default=0.9, metadata={"help": "Sampling temperature for training rollouts."}
-    )
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling for training rollouts."})
+    # --- rollouts and down-sampling ----------------------------------------------------------
+    engine: str = option("hf", "Rollout engine: 'hf' (transformers), 'vllm' or 'auto'.",
+                         choices="rollout.ENGINES")
+    gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory (on CPU: of RAM) "
+                                           "for the engine.", low=0, high=1, low_open=True)
+    n: int = option(16, "Rollouts generated per prompt.", low=1)
+    m: int = option(4, "Rollouts kept per prompt for the update (m == n: vanilla GRPO).", low=1)
+    rule: str = option("max_variance", "Down-sampling rule: 'max_variance' (PODS), 'max_reward', "
+                       "'random', or a registered one.", choices="selection.RULES")
+    group_filter: str = option("none", "'zero_variance' drops groups whose n rewards are all "
+                               "equal (DAPO).", choices="selection.FILTERS")
+    adv_over: str = option("selected", "Advantage statistics over the 'selected' m (paper) or "
+                           "'all' n.", choices=("selected", "all"))
+    prompts_per_step: int = option(8, "Prompts per optimizer step (global, over all ranks).", low=1)
+    temperature: float = option(0.9, "Sampling temperature for training rollouts.", low=0,
+                                low_open=True)
+    top_p: float = option(1.0, "Nucleus sampling for training rollouts.", low=0, high=1,
+                          low_open=True)
 
-    # --- loss ----------------------------------------------------------------------------------
-    beta: float = field(
-        default=0.0,
-        metadata={
-            "help": "Weight of the k3 KL penalty to the reference policy (0 = no reference)."
-        },
-    )
-    eps_low: float = field(
-        default=0.2, metadata={"help": "Clip range below: ratio >= 1 - eps_low."}
-    )
-    eps_high: float = field(
-        default=0.2, metadata={"help": "Clip range above: ratio <= 1 + eps_high."}
-    )
-    mu: int = field(
-        default=1,
-        metadata={
-            "help": "Optimizer steps per generation batch (GRPO iterations; 1 = ratio is 1)."
-        },
-    )
-    aggregation: str = field(
-        default="grpo", metadata={"help": "Token aggregation: 'grpo', 'bnpo', 'dapo' or 'dr_grpo'."}
-    )
-    scale_rewards: str = field(
-        default="group", metadata={"help": "Advantage scaling: 'group' std, 'batch' std or 'none'."}
-    )
-    reward_weights: dict[str, float] = field(
-        default_factory=lambda: {"correctness": 1.0},
-        metadata={"help": "Reward terms and weights (correctness, format, tags, strict_format)."},
-    )
+    # --- loss --------------------------------------------------------------------------------
+    beta: float = option(0.0, "Weight of the k3 KL penalty to the reference policy (0 = no "
+                         "reference).", low=0)
+    eps_low: float = option(0.2, "Clip range below: ratio >= 1 - eps_low.", low=0, high=1,
+                            high_open=True)
+    eps_high: float = option(0.2, "Clip range above: ratio <= 1 + eps_high.", low=0)
+    mu: int = option(1, "Optimizer steps per generation batch (GRPO iterations; 1 = ratio is 1).",
+                     low=1)
+    aggregation: str = option("grpo", "Token aggregation: 'grpo', 'bnpo', 'dapo', 'dr_grpo'.",
+                              choices="loss.AGGREGATIONS")
+    scale_rewards: str = option("group", "Advantage scaling: 'group' std, 'batch' std or 'none'.",
+                                choices="advantages.SCALES")
+    reward_weights: dict[str, float] = option({"correctness": 1.0}, "Reward terms and weights "
+                                              "(correctness, format, tags, strict_format).",
+                                              choices="rewards.REWARD_TERMS")
 
-    # --- optimisation --------------------------------------------------------------------------
-    optimizer: str = field(
-        default="adamw",
-        metadata={"help": "'adamw' (torch) or 'adamw_8bit' (bitsandbytes, GPU only)."},
-    )
-    lr: float = field(default=1e-4, metadata={"help": "Peak learning rate."})
-    lr_schedule: str = field(
-        default="constant",
-        metadata={"help": "'constant' or 'cosine' (to 0 at max_steps), after linear warmup."},
-    )
-    warmup_ratio: float = field(
-        default=0.0, metadata={"help": "Fraction of the optimizer steps spent in linear warmup."}
-    )
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
-    adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2."})
-    max_grad_norm: float = field(
-        default=1.0, metadata={"help": "Clip the global gradient norm to this; 0 = no clipping."}
-    )
-    micro_batch_size: int = field(
-        default=8, metadata={"help": "Rollouts per forward/backward (gradient accumulation unit)."}
-    )
-    sharding: str = field(
-        default="none",
-        metadata={
-            "help": "Several ranks: 'none' (a full replica each) or 'fsdp' (FSDP2 shards of "
-            "weights, gradients and optimizer state)."
-        },
-    )
+    # --- optimisation ------------------------------------------------------------------------
+    optimizer: str = option("adamw", "'adamw' (torch) or 'adamw_8bit' (bitsandbytes, GPU only).",
+                            choices="update.OPTIMIZERS")
+    lr: float = option(1e-4, "Peak learning rate.", low=0, low_open=True)
+    lr_schedule: str = option("constant", "'constant' or 'cosine' (to 0 at max_steps), after "
+                              "linear warmup.", choices="update.SCHEDULES")
+    warmup_ratio: float = option(0.0, "Fraction of the optimizer steps spent in linear warmup.",
+                                 low=0, high=1, high_open=True)
+    weight_decay: float = option(0.0, "AdamW weight decay.", low=0)
+    adam_beta1: float = option(0.9, "AdamW beta1.", low=0, high=1, high_open=True)
+    adam_beta2: float = option(0.99, "AdamW beta2.", low=0, high=1, high_open=True)
+    max_grad_norm: float = option(1.0, "Clip the global gradient norm to this; 0 = no clipping.",
+                                  low=0)
+    micro_batch_size: int = option(8, "Rollouts per forward/backward (gradient accumulation "
+                                   "unit).", low=1)
+    sharding: str = option("none", "Several ranks: 'none' (a full replica each) or 'fsdp' (FSDP2 "
+                           "shards of weights, gradients and optimizer state).",
+                           choices=("none", "fsdp"), resume_safe=True)
 
-    # --- budgets, checkpoints, evaluation ------------------------------------------------------
-    max_steps: int = field(
-        default=0, metadata={"help": "Stop after this many steps; 0 = no step limit."}
-    )
-    max_train_seconds: float = field(
-        default=120.0,
-        metadata={"help": "Stop after this much training clock (eval excluded); 0 = none."},
-    )
-    checkpoint_every_s: float = field(
-        default=600.0,
-        metadata={"help": "Checkpoint every this many training seconds; 0 = at end only."},
-    )
-    checkpoint_every_steps: int = field(
-        default=0, metadata={"help": "Checkpoint every this many steps; 0 = off."}
-    )
-    eval_every_steps: int = field(
-        default=0, metadata={"help": "Evaluate every this many steps; 0 = off."}
-    )
-    eval_every_s: float = field(
-        default=30.0, metadata={"help": "Evaluate every this many training seconds; 0 = off."}
-    )
-    eval_repeats: int = field(
-        default=5, metadata={"help": "Sampled completions per test problem (paper: 5)."}
-    )
-    eval_temperature: float = field(
-        default=0.9, metadata={"help": "Evaluation sampling temperature (paper: 0.9)."}
-    )
-    eval_greedy: bool = field(
-        default=False, metadata={"help": "Evaluate greedily (one completion per problem) instead."}
-    )
+    # --- budgets, checkpoints, evaluation ----------------------------------------------------
+    max_steps: int = option(0, "Stop after this many steps; 0 = no step limit.", low=0,
+                            resume_safe=True)
+    max_train_seconds: float = option(120.0, "Stop after this much training clock (eval "
+                                      "excluded); 0 = none.", low=0, resume_safe=True)
+    checkpoint_every_s: float = option(600.0, "Checkpoint every this many training seconds; "
+                                       "0 = at end only.", low=0, resume_safe=True)
+    checkpoint_every_steps: int = option(0, "Checkpoint every this many steps; 0 = off.", low=0,
+                                         resume_safe=True)
+    eval_every_steps: int = option(0, "Evaluate every this many steps; 0 = off.", low=0)
+    eval_every_s: float = option(30.0, "Evaluate every this many training seconds; 0 = off.",
+                                 low=0)
+    eval_repeats: int = option(5, "Sampled completions per test problem (paper: 5).", low=1)
+    eval_temperature: float = option(0.9, "Evaluation sampling temperature (paper: 0.9).", low=0)
+    eval_greedy: bool = option(False, "Evaluate greedily (one completion per problem) instead.")
 
-    # --- supervised warm-start (tiny model, arith) ---------------------------------------------
-    warm_start: bool = field(
-        default=True,
-        metadata={"help": "Warm-start the tiny model with supervised training on arith."},
-    )
-    warm_start_steps: int = field(
-        default=1500,
-        metadata={"help": "Warm-start optimizer steps at most (counted, so it is reproducible)."},
-    )
-    warm_start_target: float = field(
-        default=0.3,
-        metadata={"help": "Stop the warm-start at the first check whose sampled accuracy on "
-                  "held-out train problems reaches this; 0 = run all warm_start_steps."},
-    )
-    warm_start_check_every: int = field(
-        default=50, metadata={"help": "Warm-start steps between accuracy checks."}
-    )
-    warm_start_batch_size: int = field(
-        default=64, metadata={"help": "Warm-start examples per step."}
-    )
-    warm_start_lr: float = field(default=3e-3, metadata={"help": "Warm-start AdamW learning rate."})
-
-    warm_start_seed: int = field(
-        default=0,
-        metadata={
-            "help": "Seed of the tiny model's initialisation and warm-start (shared by runs)."
-        },
-    )
-
-    # --- where things go -----------------------------------------------------------------------
-    results_root: str = field(default="results", metadata={"help": "Root folder of run folders."})
-    cache_dir: str = field(
-        default="~/.cache/pods-kit",
-        metadata={"help": "Cache for built / warm-started tiny models (keyed by their settings)."},
-    )
+    # --- where things go ---------------------------------------------------------------------
+    results_root: str = option("results", "Root folder of run folders.", pattern=NON_EMPTY,
+                               resume_safe=True)
+    cache_dir: str = option("~/.cache/pods-kit", "Cache for built / warm-started tiny models "
+                            "(keyed by their settings).", pattern=NON_EMPTY, resume_safe=True)
 
     def __post_init__(self):
-        _validate(self)
+        if isinstance(self.tiny, dict):
+            self.tiny = TinySettings.from_dict(self.tiny)
+        check_fields(self)
+        self._check_relations()
 
-    # --- I/O -----------------------------------------------------------------------------------
+    def _check_relations(self) -> None:
+        """The rules between fields (each field alone was checked against its declaration)."""
+        if self.m > self.n:
+            raise ValueError(f"m must be <= n (keep m of the n rollouts); got m={self.m}, "
+                             f"n={self.n}")
+        if self.rule == "max_variance" and self.m < 2:
+            raise ValueError(f"m must be >= 2 with rule 'max_variance' (the variance of one "
+                             f"reward is undefined); got m={self.m}")
+        if self.max_steps == 0 and self.max_train_seconds == 0:
+            raise ValueError("max_steps or max_train_seconds must be > 0 (a run needs a budget); "
+                             "got both 0")
+        if self.lr_schedule == "cosine" and self.max_steps == 0:
+            raise ValueError("lr_schedule 'cosine' needs max_steps > 0 (the schedule's length); "
+                             "got max_steps=0")
+        if self.optimizer == "adamw_8bit" and not self.device.startswith("cuda"):
+            raise ValueError(f"optimizer 'adamw_8bit' (bitsandbytes) needs a cuda device; got "
+                             f"device={self.device!r}: use optimizer 'adamw' on CPU")
+        if self.model == "tiny" and self.tiny.warm_start and self.task != "arith":
+            raise ValueError(f"tiny.warm_start trains the tiny model on task 'arith'; got "
+                             f"task={self.task!r} (set tiny.warm_start: false)")
+        if not self.eval_greedy and self.eval_temperature <= 0:
+            raise ValueError(f"eval_temperature must be > 0 for sampled evaluation (or set "
+                             f"eval_greedy: true); got {self.eval_temperature}")
+
+    # --- I/O ---------------------------------------------------------------------------------
     @classmethod
     def help(cls, name: str) -> str:
-        """One line of help for field `name`."""
-        return {f.name: f.metadata["help"] for f in fields(cls)}[name]
+        """One line of help for field `name` ('tiny.hidden' for a nested one)."""
+        owner, _, leaf = name.rpartition(".")
+        kind = TinySettings if owner == "tiny" else cls
+        return {f.name: f.metadata["help"] for f in fields(kind)}[leaf]
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         """Build from a mapping; unknown keys -> ValueError naming them (with a suggestion)."""
-        if not isinstance(values, dict):
-            got = type(values).__name__
-            raise ValueError(f"config must be a mapping of field names to values; got {got}")  # noqa: TRY004
-        check_keys(values)
+        check_keys(cls, values)
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> Config:
-        """Read a YAML mapping from `path`, apply keyword `overrides`, validate."""
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        """Read a YAML mapping from `path`, apply keyword `overrides` (nested settings merged
+        key by key), validate."""
+        values = load_yaml(path)
         if not isinstance(values, dict):
             raise ValueError(f"config file {str(path)!r} must hold a mapping of field names")  # noqa: TRY004
-        return cls.from_dict({**values, **overrides})
+        return cls.from_dict(merge(values, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_yaml(self, path: str | Path) -> None:
-        """Write the config as YAML (atomically: tmp file + rename)."""
-        import yaml
+        """Write the config as YAML (atomically)."""
+        from .files import atomic_write
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> Config:
-        """A validated copy with `changes` applied (unknown keys -> ValueError)."""
-        return Config.from_dict({**self.to_dict(), **changes})
+        """A validated copy with `changes` applied (nested settings merged key by key)."""
+        return Config.from_dict(merge(self.to_dict(), changes))
 
-    # --- derived -------------------------------------------------------------------------------
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        """'grpo-n4-m4' (n == m) or '<rule>-n16-m4' with the rule's '_' as '-'."""
+        label = "grpo" if self.n == self.m else self.rule.replace("_", "-")
+        return f"{label}-n{self.n}-m{self.m}"
+
     @property
     def run_id(self) -> str:
-        """The run folder name: run_name, or '<rule or grpo>-n<n>-m<m>-s<seed>'."""
-        method = "grpo" if self.n == self.m else self.rule.replace("_", "-")
-        return self.run_name or f"{method}-n{self.n}-m{self.m}-s{self.seed}"
+        """The run folder name: run_name, or '<method>-s<seed>' (see `rundir.run_id`)."""
+        from .rundir import run_id
+
+        return self.run_name or run_id(self.method, self.seed)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.results_root) / self.experiment / self.run_id
 
-    def differing_fields(self, other: Config,
-                         ignore: tuple[str, ...] = RESUME_SAFE_FIELDS) -> list[str]:
-        """Names of fields whose values differ from `other`'s, those in `ignore` (by default the
-        resume-safe ones) excluded."""
+    def differing_fields(self, other: Config, ignore_resume_safe: bool = True) -> list[str]:
+        """Names of fields whose values differ from `other`'s (the resume-safe ones left out
+        unless `ignore_resume_safe` is False)."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return [k for k in mine if k not in ignore and mine[k] != theirs[k]]
+        skip = RESUME_SAFE_FIELDS if ignore_resume_safe else ()
+        return [k for k in mine if k not in skip and mine[k] != theirs[k]]
+
+
+RESUME_SAFE_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["resume_safe"])
 
 
 def tiny_default(**overrides: Any) -> Config:
@@ -366,189 +427,56 @@ def tiny_default(**overrides: Any) -> Config:
     return Config.from_dict(overrides)
 
 
-def check_keys(values: dict[str, Any]) -> None:
-    """Raise ValueError naming every key that is not a Config field (with the closest match)."""
-    known = [f.name for f in fields(Config)]
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        hints = []
-        for key in unknown:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(f"unknown config key(s): {', '.join(hints)}; see Config fields")
+# ------------------------------------------------------------------------------------------
+# YAML and merging
+# ------------------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads '1e-4', '5E+3' (no dot) as floats, as YAML 1.2 does."""
 
 
-# ----------------------------------------------------------------------------------------------
-# validation
-# ----------------------------------------------------------------------------------------------
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
-def _one_of(cfg: Config, name: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cfg, name)
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+def load_yaml(path: str | Path) -> Any:
+    """The YAML document of `path`, with YAML 1.2 numbers ('1e-4' is a float); a missing file
+    raises FileNotFoundError, a syntax error one ValueError line naming file, line and column."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        return yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: "
+                         f"{_yaml_problem(err)}") from None
 
 
-def _int(cfg: Config, name: str, low: int, allow_none: bool = False) -> None:
-    value = getattr(cfg, name)
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        extra = " or None" if allow_none else ""
-        raise ValueError(f"{name} must be an integer >= {low}{extra}; got {value!r}")
+def parse_yaml_value(text: str) -> Any:
+    """A command-line value (`key=value`) read like a value in a YAML file."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"{text!r} is not a valid YAML value: {_yaml_problem(err)}") from None
 
 
-def _number(
-    cfg: Config,
-    name: str,
-    low: float,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    value = getattr(cfg, name)
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > low if low_open else value >= low)
-        and (value < high if high_open else value <= high)
-    )
-    if not ok:
-        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-        raise ValueError(f"{name} must be a number in {lo}{low}, {high}{hi}; got {value!r}")
-    setattr(cfg, name, float(value))
+def _yaml_problem(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + str(getattr(err, "problem", None) or err).strip()
 
 
-def _validate(cfg: Config) -> None:
-    """Check every field and the relations between them; raise ValueError naming the field."""
-    for name in ("experiment", "results_root", "cache_dir", "model", "device"):
-        if not isinstance(getattr(cfg, name), str) or not getattr(cfg, name):
-            raise ValueError(f"{name} must be a non-empty string; got {getattr(cfg, name)!r}")
-    if not isinstance(cfg.run_name, str) or "/" in cfg.run_name:
-        raise ValueError(f"run_name must be a string without '/'; got {cfg.run_name!r}")
-    for name in ("trust_remote_code", "eval_greedy", "warm_start"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name} must be true or false; got {getattr(cfg, name)!r}")  # noqa: TRY004
-    _int(cfg, "seed", 0)
-    for name in ("tiny_hidden", "tiny_layers", "tiny_heads"):
-        _int(cfg, name, 1)
-    if cfg.tiny_hidden % cfg.tiny_heads:
-        raise ValueError(
-            f"tiny_hidden must be divisible by tiny_heads; got {cfg.tiny_hidden} "
-            f"and {cfg.tiny_heads}"
-        )
-    _one_of(cfg, "dtype", DTYPES)
-    _int(cfg, "lora_r", 0)
-    _number(cfg, "lora_alpha", 0, low_open=True)
-    _number(cfg, "lora_dropout", 0, 1, high_open=True)
-    if isinstance(cfg.lora_target_modules, str) or not cfg.lora_target_modules:
-        raise ValueError(
-            "lora_target_modules must be a non-empty list of module names; got "
-            f"{cfg.lora_target_modules!r}"
-        )
-    cfg.lora_target_modules = [str(x) for x in cfg.lora_target_modules]
-
-    _one_of(cfg, "task", TASKS)
-    _one_of(cfg, "template", TEMPLATES)
-    for name in ("train_source", "test_source"):
-        if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), str):
-            raise ValueError(
-                f"{name} must be a path or hub id string, or None; got {getattr(cfg, name)!r}"
-            )
-    _int(cfg, "max_prompt_tokens", 1, allow_none=True)
-    _int(cfg, "max_completion_tokens", 1)
-    _int(cfg, "train_size", 1, allow_none=True)
-    _int(cfg, "test_size", 1, allow_none=True)
-    _int(cfg, "arith_steps_min", 1)
-    _int(cfg, "arith_steps_max", cfg.arith_steps_min)
-    _int(cfg, "arith_operand_min", 0)
-    _int(cfg, "arith_operand_max", cfg.arith_operand_min)
-
-    _one_of(cfg, "engine", ENGINES)
-    _number(cfg, "gpu_memory_utilization", 0, 1, low_open=True)
-    _int(cfg, "n", 1)
-    _int(cfg, "m", 1)
-    if cfg.m > cfg.n:
-        raise ValueError(f"m must be <= n (keep m of the n rollouts); got m={cfg.m}, n={cfg.n}")
-    _one_of(cfg, "rule", RULES)
-    if cfg.rule == "max_variance" and cfg.m < 2:
-        raise ValueError(
-            f"m must be >= 2 with rule 'max_variance' (the variance of one reward is "
-            f"undefined); got m={cfg.m}"
-        )
-    _one_of(cfg, "group_filter", GROUP_FILTERS)
-    _one_of(cfg, "adv_over", ADV_OVER)
-    _int(cfg, "prompts_per_step", 1)
-    _number(cfg, "temperature", 0, low_open=True)
-    _number(cfg, "top_p", 0, 1, low_open=True)
-
-    _number(cfg, "beta", 0)
-    _number(cfg, "eps_low", 0, 1)
-    _number(cfg, "eps_high", 0)
-    _int(cfg, "mu", 1)
-    _one_of(cfg, "aggregation", AGGREGATIONS)
-    _one_of(cfg, "scale_rewards", SCALES)
-    if not isinstance(cfg.reward_weights, dict) or not cfg.reward_weights:
-        raise ValueError(
-            "reward_weights must be a non-empty mapping of reward term to weight; got "
-            f"{cfg.reward_weights!r}"
-        )
-    for term, weight in cfg.reward_weights.items():
-        if term not in REWARD_TERMS:
-            raise ValueError(
-                f"reward_weights keys must be among {', '.join(map(repr, REWARD_TERMS))}"
-                f"; got {term!r}"
-            )
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, (int, float))
-            or not math.isfinite(weight)
-        ):
-            raise ValueError(f"reward_weights[{term!r}] must be a finite number; got {weight!r}")
-    cfg.reward_weights = {k: float(v) for k, v in cfg.reward_weights.items()}
-
-    _one_of(cfg, "optimizer", OPTIMIZERS)
-    if cfg.optimizer == "adamw_8bit" and not cfg.device.startswith("cuda"):
-        raise ValueError(
-            f"optimizer 'adamw_8bit' (bitsandbytes) needs a cuda device; got "
-            f"device={cfg.device!r}: use optimizer 'adamw' on CPU"
-        )
-    _number(cfg, "lr", 0, low_open=True)
-    _one_of(cfg, "lr_schedule", SCHEDULES)
-    _number(cfg, "warmup_ratio", 0, 1, high_open=True)
-    _number(cfg, "weight_decay", 0)
-    _number(cfg, "adam_beta1", 0, 1, high_open=True)
-    _number(cfg, "adam_beta2", 0, 1, high_open=True)
-    _number(cfg, "max_grad_norm", 0)
-    _int(cfg, "micro_batch_size", 1)
-    _one_of(cfg, "sharding", SHARDINGS)
-
-    _int(cfg, "max_steps", 0)
-    _number(cfg, "max_train_seconds", 0)
-    if cfg.max_steps == 0 and cfg.max_train_seconds == 0:
-        raise ValueError(
-            "max_steps or max_train_seconds must be > 0 (a run needs a budget); got both 0"
-        )
-    if cfg.lr_schedule == "cosine" and cfg.max_steps == 0:
-        raise ValueError(
-            "lr_schedule 'cosine' needs max_steps > 0 (the schedule's length); got max_steps=0"
-        )
-    _number(cfg, "checkpoint_every_s", 0)
-    _int(cfg, "checkpoint_every_steps", 0)
-    _int(cfg, "eval_every_steps", 0)
-    _number(cfg, "eval_every_s", 0)
-    _int(cfg, "eval_repeats", 1)
-    _number(cfg, "eval_temperature", 0, low_open=not cfg.eval_greedy)
-
-    if cfg.warm_start and (cfg.model != "tiny" or cfg.task != "arith"):
-        raise ValueError(
-            f"warm_start is only for model 'tiny' on task 'arith'; got model="
-            f"{cfg.model!r}, task={cfg.task!r} (set warm_start: false)"
-        )
-    _int(cfg, "warm_start_steps", 1)
-    _number(cfg, "warm_start_target", 0, 1)
-    _int(cfg, "warm_start_check_every", 1)
-    _int(cfg, "warm_start_batch_size", 1)
-    _number(cfg, "warm_start_lr", 0, low_open=True)
-    _int(cfg, "warm_start_seed", 0)
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated with `changes`; the nested settings (`tiny`) merge key by key, every other
+    field is replaced whole; a dotted key ('tiny.hidden') sets one nested value."""
+    out = dict(base)
+    for key, value in changes.items():
+        head, dot, leaf = key.partition(".")
+        if dot:
+            value, key = {leaf: value}, head
+        if key == "tiny" and isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = {**out[key], **value}
+        out[key] = value
+    return out

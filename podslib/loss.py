@@ -1,11 +1,11 @@
-"""The GRPO surrogate loss on per-token log-probs (PAPER.md, "Advantages and loss").
+"""The GRPO surrogate loss on per-token log-probs (docs/method.md, "Advantages and loss").
 
 Per completion token t of sequence b, with A_b the sequence's advantage:
     ratio = exp(logp - old_logp)
     surr  = -min(ratio * A_b, clip(ratio, 1 - eps_low, 1 + eps_high) * A_b)
     kl    = exp(ref - logp) - (ref - logp) - 1              (k3 estimator, when ref is given)
     loss_t = surr + beta * kl
-Aggregations over the completion mask (1 = completion token, 0 = prompt or padding):
+Aggregations over the completion mask (1 = completion token, 0 = prompt or padding), a registry:
     "grpo":          mean over sequences of the per-sequence token mean
     "bnpo", "dapo":  token mean over the whole batch (same formula, both names accepted)
     "dr_grpo":       sum over tokens / (B * max_len)
@@ -18,7 +18,10 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-AGGREGATIONS = ("grpo", "bnpo", "dapo", "dr_grpo")
+from .registry import Registry
+
+# name -> fn(per_token [B, T], mask [B, T], sequences, tokens, max_len) -> scalar loss
+AGGREGATIONS = Registry("aggregation")
 
 
 def _check_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs) -> None:
@@ -50,9 +53,7 @@ def _check_positive_int(name: str, value: int | None) -> None:
 
 def _check_settings(beta, eps_low, eps_high, aggregation, ref_logprobs, counts) -> None:
     """ValueError for an unknown aggregation or an out-of-range coefficient."""
-    if aggregation not in AGGREGATIONS:
-        names = ", ".join(repr(a) for a in AGGREGATIONS)
-        raise ValueError(f"aggregation must be one of {names}; got {aggregation!r}")
+    AGGREGATIONS.check(aggregation)
     if not 0.0 <= beta < float("inf"):
         raise ValueError(f"beta must be a finite number >= 0; got {beta}")
     if beta > 0 and ref_logprobs is None:
@@ -65,6 +66,28 @@ def _check_settings(beta, eps_low, eps_high, aggregation, ref_logprobs, counts) 
         _check_positive_int(name, value)
 
 
+@AGGREGATIONS.register("grpo")
+def _grpo(per_token: Tensor, mask: Tensor, sequences: int, tokens: Tensor | int,
+          max_len: int) -> Tensor:
+    """Mean over sequences of each sequence's token mean."""
+    per_seq_mean = per_token.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)  # [B]
+    return per_seq_mean.sum() / sequences
+
+
+@AGGREGATIONS.register("bnpo", "dapo")
+def _token_mean(per_token: Tensor, mask: Tensor, sequences: int, tokens: Tensor | int,
+                max_len: int) -> Tensor:
+    """Token mean over the whole batch."""
+    return per_token.sum() / tokens
+
+
+@AGGREGATIONS.register("dr_grpo")
+def _dr_grpo(per_token: Tensor, mask: Tensor, sequences: int, tokens: Tensor | int,
+             max_len: int) -> Tensor:
+    """Sum over tokens / (sequences * max_len): no length bias."""
+    return per_token.sum() / (sequences * max_len)
+
+
 def aggregate(
     per_token: Tensor,
     mask: Tensor,
@@ -73,16 +96,13 @@ def aggregate(
     total_sequences: int | None = None,
     total_tokens: int | None = None,
 ) -> Tensor:
-    """Reduce per-token losses [B, T] (zero where mask is 0) to this batch's share of the loss."""
+    """Reduce per-token losses [B, T] (zero where mask is 0) to this batch's share of the loss;
+    the global counts replace the local ones when given (micro-batches, ranks)."""
     B, T = per_token.shape
     sequences = total_sequences if total_sequences is not None else B
-    if aggregation == "grpo":
-        per_seq_mean = per_token.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)  # [B]
-        return per_seq_mean.sum() / sequences
-    if aggregation in ("bnpo", "dapo"):
-        tokens = total_tokens if total_tokens is not None else mask.sum().clamp_min(1.0)
-        return per_token.sum() / tokens
-    return per_token.sum() / (sequences * (max_len if max_len is not None else T))
+    tokens = total_tokens if total_tokens is not None else mask.sum().clamp_min(1.0)
+    return AGGREGATIONS.get(aggregation)(per_token, mask, sequences, tokens,
+                                         max_len if max_len is not None else T)
 
 
 def grpo_loss(

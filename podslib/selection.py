@@ -1,4 +1,4 @@
-"""Down-sampling rules of PODS: choose m of the n rollouts of each prompt (PAPER.md, "Rules").
+"""Down-sampling rules of PODS: choose m of the n rollouts of each prompt (docs/method.md, "Down-sampling").
 
 `select(rewards, m, rule)` works on one group `[n]` or a batch of groups `[G, n]` with no Python
 loop over groups; rules live in the `RULES` registry (one function plus one decorator line).
@@ -18,25 +18,20 @@ filter_groups is the DAPO zero-variance filter (and the OpenRLHF mean-reward ran
 not PODS, and runs before selection.
 """
 
-from collections.abc import Callable
 from numbers import Integral
 
 import torch
 from torch import Generator, Tensor
 
-RULES: dict[str, Callable[[Tensor, int, Generator | None], Tensor]] = {}
+from .registry import Registry
+
+# name -> fn(rewards [G, n], m, generator) -> indices [G, m]
+RULES = Registry("rule")
+rule = RULES.register
+# name -> fn(rewards [G, n]) -> keep [G] bool: which groups go on to selection (Config.group_filter)
+FILTERS = Registry("group_filter")
 
 TIE_RTOL = 1e-9  # candidates within this relative distance of the best variance count as ties
-
-
-def rule(name: str):
-    """Register a selection rule fn(rewards [G, n], m, generator) -> indices [G, m]."""
-
-    def register(fn):
-        RULES[name] = fn
-        return fn
-
-    return register
 
 
 def _check_rewards(rewards: Tensor, ranks: tuple[int, ...] = (1, 2)) -> None:
@@ -122,21 +117,19 @@ def select(
     Args:
         rewards: [n] or [G, n] finite float rewards (binary or continuous).
         m: number to keep, 1 <= m <= n.
-        rule: a name in RULES: "max_variance" (PODS), "max_reward" or "random".
+        rule: a name registered in RULES: "max_variance" (PODS), "max_reward", "random", ...
         generator: torch.Generator for "random" (same seed, same subsets).
 
     Returns:
         LongTensor [m] or [G, m] of indices into the n rollouts, on rewards' device.
     """
-    if rule not in RULES:
-        names = ", ".join(repr(name) for name in RULES)
-        raise ValueError(f"rule must be one of {names}; got {rule!r}")
+    fn = RULES.get(rule)
     _check_rewards(rewards)
     _check_m(m, rewards.shape[-1])
     if generator is not None and not isinstance(generator, Generator):
         raise ValueError(f"generator must be a torch.Generator or None; got {type(generator)}")
     batch = rewards.reshape(-1, rewards.shape[-1])  # [G, n]
-    idx = RULES[rule](batch, m, generator)
+    idx = fn(batch, m, generator)
     return idx.reshape(*rewards.shape[:-1], m)
 
 
@@ -197,3 +190,15 @@ def filter_groups(
     if max_mean is not None:
         keep &= mean < max_mean
     return keep
+
+
+@FILTERS.register("none")
+def _keep_all(rewards: Tensor) -> Tensor:
+    """[G, n] -> [G] all True."""
+    return torch.ones(rewards.shape[0], dtype=torch.bool, device=rewards.device)
+
+
+@FILTERS.register("zero_variance")
+def _drop_zero_variance(rewards: Tensor) -> Tensor:
+    """[G, n] -> [G] False where the n rewards are all equal (DAPO)."""
+    return filter_groups(rewards)

@@ -12,21 +12,21 @@ char model, "Q:{expression}\\nA:").
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from podslib.rewards import last_boxed
+from .files import read_jsonl
+from .registry import Registry
+from .rewards import last_boxed
 
 log = logging.getLogger(__name__)
 
-TASKS = ("gsm8k", "math", "math500", "arith")
 SPLITS = ("train", "test")
 HUB_DEFAULTS = {  # (task, split) -> hub id used when source is None
     ("gsm8k", "train"): "openai/gsm8k",
@@ -148,22 +148,6 @@ def make_arith(n: int, seed: int, steps: tuple[int, int] = (2, 3),
 
 # --------------------------------------------------------------------------- files and hub
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}: line {lineno} is not a JSON object")  # noqa: TRY004
-            rows.append(row)
-    return rows
-
-
 def _field(row: dict, name: str, where: str) -> str:
     if not isinstance(row.get(name), str):
         raise ValueError(f"{where}: missing text field {name!r} (fields: {sorted(row)})")  # noqa: TRY004
@@ -243,27 +227,22 @@ def _subsample(items: list, limit: int | None, seed: int) -> list:
     return [items[i] for i in keep]
 
 
-def load_task(task: str, split: str, source: str | None = None, limit: int | None = None,
-              seed: int = 0, **arith_knobs) -> list[Example]:
-    """Examples of `task` ("gsm8k", "math", "math500", "arith") for `split` ("train", "test").
+# task -> fn(task, split, source, limit, seed, **arith_knobs) -> list[Example]
+TASKS = Registry("task")
 
-    Args:
-        source: a JSONL file, a folder holding `{split}.jsonl` (MATH-500: `test.jsonl`), or a hub
-            id; None means the default hub id (openai/gsm8k; EleutherAI/hendrycks_math, all 7
-            subjects, for MATH train; HuggingFaceH4/MATH-500 for MATH test). Ignored for arith.
-        limit: keep this many examples, a subsample chosen by `seed` (file order is kept).
-        seed: subsample seed; for arith also the generator seed.
-        arith_knobs: steps, operand_range, operators (see make_arith).
-    """
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}; got {task!r}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be None or >= 0; got {limit}")
-    if task == "arith":
-        return make_arith(ARITH_SIZES[split] if limit is None else limit, seed, split=split,
-                          **arith_knobs)
+
+@TASKS.register("arith")
+def _load_arith(task: str, split: str, source: str | None, limit: int | None, seed: int,
+                **arith_knobs) -> list[Example]:
+    """Generated problems (`source` is ignored)."""
+    return make_arith(ARITH_SIZES[split] if limit is None else limit, seed, split=split,
+                      **arith_knobs)
+
+
+@TASKS.register("gsm8k", "math", "math500")
+def _load_rows(task: str, split: str, source: str | None, limit: int | None, seed: int,
+               **arith_knobs) -> list[Example]:
+    """Rows of a local JSONL file / folder or a hub dataset."""
     if arith_knobs:
         raise ValueError(f"arith knobs {sorted(arith_knobs)} apply only to task='arith'")
     if task == "math500" and split != "test":
@@ -275,9 +254,31 @@ def load_task(task: str, split: str, source: str | None = None, limit: int | Non
         rows, where = _hub_rows(source, split), source
     else:
         path = _local_file(path, task, split)
-        rows, where = _read_jsonl(path), str(path)
+        rows, where = read_jsonl(path), str(path)
+    if not rows:
+        raise ValueError(f"{task} {split} data {where!r} holds no examples")
     examples = [_to_example(r, task, f"{where} (row {i + 1})", i) for i, r in enumerate(rows)]
     return _subsample(examples, limit, seed)
+
+
+def load_task(task: str, split: str, source: str | None = None, limit: int | None = None,
+              seed: int = 0, **arith_knobs) -> list[Example]:
+    """Examples of `task` (a name in TASKS: "gsm8k", "math", "math500", "arith") for `split`.
+
+    Args:
+        source: a JSONL file, a folder holding `{split}.jsonl` (MATH-500: `test.jsonl`), or a hub
+            id; None means the default hub id (openai/gsm8k; EleutherAI/hendrycks_math, all 7
+            subjects, for MATH train; HuggingFaceH4/MATH-500 for MATH test). Ignored for arith.
+        limit: keep this many examples, a subsample chosen by `seed` (file order is kept).
+        seed: subsample seed; for arith also the generator seed.
+        arith_knobs: steps, operand_range, operators (see make_arith).
+    """
+    loader = TASKS.get(task)
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be None or >= 0; got {limit}")
+    return loader(task, split, source, limit, seed, **arith_knobs)
 
 
 # --------------------------------------------------------------------------- templates
@@ -289,14 +290,8 @@ PODS_SYSTEM_PROMPT = (
 )
 
 # name -> fn(example) -> (chat messages, plain-text prompt used when there is no chat template)
-TEMPLATES: dict[str, Callable[[Example], tuple[list[dict], str]]] = {}
-
-
-def template(name: str):
-    def register(fn):
-        TEMPLATES[name] = fn
-        return fn
-    return register
+TEMPLATES = Registry("template")
+template = TEMPLATES.register
 
 
 @template("pods")
@@ -324,9 +319,7 @@ def _tiny(example: Example) -> tuple[list[dict], str]:
 
 def render_prompt(example: Example, template: str, tokenizer=None) -> str:
     """The prompt text of `example`: the tokenizer's chat template when it has one, else plain."""
-    if template not in TEMPLATES:
-        raise ValueError(f"template must be one of {sorted(TEMPLATES)}; got {template!r}")
-    messages, plain = TEMPLATES[template](example)
+    messages, plain = TEMPLATES.get(template)(example)
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return plain

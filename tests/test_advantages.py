@@ -70,7 +70,7 @@ def test_keeps_dtype_and_shape():
         ({"rewards": torch.rand(2, 2, 2)}, r"rewards must be a \[G, m\] tensor"),
         ({"rewards": torch.ones(2, 2, dtype=torch.long)}, "rewards must be a floating-point"),
         ({"rewards": torch.tensor([[0.0, float("nan")]])}, "rewards must be finite"),
-        ({"rewards": torch.rand(2, 2), "scale": "std"}, "scale must be one of 'group', 'batch'"),
+        ({"rewards": torch.rand(2, 2), "scale": "std"}, "scale_rewards must be one of 'group', 'batch'"),
         ({"rewards": torch.rand(2, 2), "eps": -1.0}, "eps must be a finite number >= 0"),
     ],
 )

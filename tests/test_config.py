@@ -20,7 +20,7 @@ def test_every_field_is_typed_defaulted_and_documented():
 def test_tiny_default_is_pods_with_down_sampling():
     cfg = tiny_default()
     assert cfg == Config()
-    assert cfg.model == "tiny" and cfg.task == "arith" and cfg.warm_start
+    assert cfg.model == "tiny" and cfg.task == "arith" and cfg.tiny.warm_start
     assert cfg.m < cfg.n and cfg.rule == "max_variance"
     assert tiny_default(n=cfg.m).n == cfg.m
 
@@ -48,10 +48,16 @@ def test_tiny_default_is_pods_with_down_sampling():
     ({"prompts_per_step": 0}, "prompts_per_step must be"),
     ({"temperature": 0.0}, "temperature must be"),
     ({"top_p": 1.5}, "top_p must be"),
-    ({"reward_weights": {"accuracy": 1.0}}, "reward_weights keys must be among"),
+    ({"reward_weights": {"accuracy": 1.0}}, "reward_weights keys must be one of 'correctness'"),
     ({"reward_weights": {}}, "reward_weights must be a non-empty mapping"),
-    ({"arith_steps_min": 3, "arith_steps_max": 2}, "arith_steps_max must be"),
-    ({"warm_start": True, "model": "Qwen/Qwen2.5-3B-Instruct"}, "warm_start is only"),
+    ({"tiny": {"steps_min": 3, "steps_max": 2}}, "tiny.steps_max must be >= tiny.steps_min"),
+    ({"tiny": {"hidden": 30}}, "tiny.hidden must be divisible by tiny.heads"),
+    ({"tiny": {"warm_start_target": 1.5}}, r"tiny.warm_start_target must be in \[0, 1\]"),
+    ({"tiny": 3}, "tiny must be a mapping of TinySettings fields"),
+    ({"task": "gsm8k"}, "tiny.warm_start trains the tiny model on task 'arith'"),
+    ({"lr": "abc"}, "lr must be a finite number; got 'abc'"),
+    ({"run_name": "a/b"}, "run_name must be a folder name without '/'"),
+    ({"eval_temperature": 0.0}, "eval_temperature must be > 0 for sampled evaluation"),
     ({"task": "mmlu"}, "task must be one of"),
     ({"dtype": "fp8"}, "dtype must be one of"),
     ({"mu": 0}, "mu must be"),
@@ -84,11 +90,34 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         Config.from_yaml(tmp_path / "missing.yaml")
 
 
-def test_yaml_ints_are_accepted_for_float_fields(tmp_path):
+def test_yaml_ints_and_plain_exponents_are_numbers(tmp_path):
+    """YAML 1.1 reads '1e-4' (no dot) as a string; the kit reads it as YAML 1.2 does."""
     path = tmp_path / "c.yaml"
-    path.write_text("lr: 1\nmax_train_seconds: 60\n")
+    path.write_text("lr: 1e-4\nmax_train_seconds: 60\nwarmup_ratio: 0\n")
     cfg = Config.from_yaml(path)
-    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert (cfg.lr, cfg.max_train_seconds, cfg.warmup_ratio) == (1e-4, 60, 0)
+
+
+def test_nested_tiny_settings_merge_key_by_key(tmp_path):
+    cfg = Config.from_dict({"tiny": {"hidden": 64}})
+    assert (cfg.tiny.hidden, cfg.tiny.layers) == (64, 4)
+    assert cfg.replace(**{"tiny.layers": 2}).tiny.hidden == 64
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    assert Config.from_yaml(path, **{"tiny.heads": 8}).tiny.heads == 8
+    assert Config.help("tiny.hidden").startswith("Tiny model: hidden size")
+    with pytest.raises(ValueError, match=r"'tiny.hiden' \(did you mean 'tiny.hidden'\?\)"):
+        Config.from_dict({"tiny": {"hiden": 3}})
+
+
+def test_a_rule_registered_anywhere_is_accepted():
+    """Config asks the registry, so registering a rule is all it takes (and it is checked)."""
+    from podslib.selection import RULES
+
+    with pytest.raises(ValueError, match="rule must be one of"):
+        Config(rule="test_lowest")
+    RULES.register("test_lowest")(lambda rewards, m, generator=None: rewards.argsort(-1)[..., :m])
+    assert Config(rule="test_lowest").rule == "test_lowest"
 
 
 def test_differing_fields_ignore_budgets_only():

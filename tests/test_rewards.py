@@ -179,8 +179,8 @@ def test_numeric_graders_never_raise(text, gold):
         assert is_correct(text, gold, task) in (True, False)
         answer = extract_answer(text, task)
         assert answer is None or normalize_number(answer) == answer
-    for fn in REWARD_TERMS.values():
-        if fn is not REWARD_TERMS["correctness"]:
+    for name, fn in REWARD_TERMS.items():
+        if name != "correctness":
             assert 0.0 <= fn(text, gold, "gsm8k") <= 1.0
 
 
@@ -209,7 +209,7 @@ GOOD = "<think>\n9*2=18\n</think>\n<answer>\n18\n</answer>"
 def test_reward_terms_hand_values():
     """GOOD: every tag once, no chars outside -> format 0.1, tags 4 * 0.025, strict 1.
     'Sure! ' (6 chars) before it -> format 0.1 * (1 - 0.06) = 0.094, strict 0."""
-    t = REWARD_TERMS
+    t = dict(REWARD_TERMS.items())
     assert t["correctness"](GOOD, "18", "gsm8k") == 1.0
     assert t["format"](GOOD, "18", "gsm8k") == pytest.approx(0.1)
     assert t["tags"](GOOD, "18", "gsm8k") == pytest.approx(0.1)
@@ -247,7 +247,7 @@ def test_score_batch_math_and_half_weights():
 
 
 def test_score_batch_bad_arguments():
-    with pytest.raises(ValueError, match="correctness.*format.*strict_format.*tags.*'lenght'"):
+    with pytest.raises(ValueError, match="reward_weights key must be one of 'correctness'.*got 'lenght'"):
         score_batch([["a"]], ["1"], "gsm8k", {"lenght": 1.0})
     with pytest.raises(ValueError, match="task must be one of"):
         score_batch([["a"]], ["1"], "mmlu")

