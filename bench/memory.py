@@ -33,7 +33,7 @@ CONFIGS = [  # (n, m, micro_batch_size)
     (64, 64, 128),          # vanilla GRPO on all 64: the whole pool in one micro-batch
 ]
 PROMPTS = 2
-MODEL = {"tiny_hidden": 256, "tiny_layers": 4, "tiny_heads": 4}
+MODEL = {"hidden": 256, "layers": 4, "heads": 4, "warm_start": False}
 COMPLETION_TOKENS = 64
 
 
@@ -48,32 +48,35 @@ def measure(n: int, m: int, micro_batch_size: int, cache_dir: str) -> dict:
     """One step up to the update, then the update's peak RSS above its starting RSS (MiB)."""
     import torch
 
-    from podslib import trainer as T
+    from podslib.batch import build_batch
     from podslib.config import Config
+    from podslib.data import load_examples
     from podslib.models import load_policy
     from podslib.rollout import make_engine
     from podslib.sft import tiny_base
+    from podslib.step import generate, score, select_rollouts
     from podslib.tasks import render_prompt
+    from podslib.update import make_optimizer, make_scheduler, update
 
-    cfg = Config(**MODEL, n=n, m=m, micro_batch_size=micro_batch_size, prompts_per_step=PROMPTS,
-                 max_completion_tokens=COMPLETION_TOKENS, warm_start=False, cache_dir=cache_dir,
-                 reward_weights={"correctness": 1.0, "format": 1.0})
-    policy, tokenizer = load_policy(tiny_base(cfg, cache_dir))
+    cfg = Config(tiny=MODEL, n=n, m=m, micro_batch_size=micro_batch_size,
+                 prompts_per_step=PROMPTS, max_completion_tokens=COMPLETION_TOKENS,
+                 cache_dir=cache_dir, reward_weights={"correctness": 1.0, "format": 1.0})
+    policy, tokenizer = load_policy(tiny_base(cfg.tiny, cache_dir))
     engine = make_engine("hf", policy=policy, tokenizer=tokenizer)
-    optimizer = T.make_optimizer(cfg, policy)
-    scheduler = T.make_scheduler(cfg, optimizer)
-    examples = T.load_examples(cfg, "train")[:PROMPTS]
+    optimizer = make_optimizer(cfg, policy)
+    scheduler = make_scheduler(cfg, optimizer)
+    examples = load_examples(cfg, "train")[:PROMPTS]
     prompts = [render_prompt(e, "tiny", tokenizer) for e in examples]
-    groups = T.generate(engine, prompts, cfg, seeds=list(range(PROMPTS)))
-    scored = T.score(groups, [e.gold for e in examples], cfg)
-    keep, idx, adv = T.select_rollouts(scored.rewards, cfg, step=0)
+    groups = generate(engine, prompts, cfg, seeds=list(range(PROMPTS)))
+    scored = score(groups, [e.gold for e in examples], cfg)
+    keep, idx, adv = select_rollouts(scored.rewards, cfg, step=0)
     adv = torch.where(adv == 0, torch.ones_like(adv), adv)       # a gradient in every row
-    batch = T.build_batch(groups, idx, adv, keep, tokenizer.pad_token_id)
+    batch = build_batch(groups, idx, adv, keep, tokenizer.pad_token_id)
     sequences, tokens = len(batch), int(batch.completion_mask.sum())
-    T.update(policy, optimizer, scheduler, batch.rows(0, 1), cfg, None, 1, 1)   # Adam state
+    update(policy, optimizer, scheduler, batch.rows(0, 1), cfg, None, 1, 1)     # Adam state
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
-    T.update(policy, optimizer, scheduler, batch, cfg, None, sequences, tokens)
+    update(policy, optimizer, scheduler, batch, cfg, None, sequences, tokens)
     peak = _status_kib("VmHWM")
     return {"n": n, "m": m, "micro_batch_size": micro_batch_size, "rollouts_trained": sequences,
             "seq_len": batch.input_ids.shape[1], "update_peak_mib": round((peak - before) / 1024, 1),

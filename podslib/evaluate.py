@@ -1,4 +1,4 @@
-"""Test-set accuracy of a policy through a rollout engine (PAPER.md "eval": sampled at T = 0.9,
+"""Test-set accuracy of a policy through a rollout engine (docs/method.md, "Evaluation": sampled at T = 0.9,
 5 repeats averaged; or greedy, one completion per problem).
 
 Sampling is seeded: by default one seed for the whole (batched) call, so an evaluation is

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import string
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,28 +223,32 @@ def is_peft(model: nn.Module) -> bool:
 
 
 class Reference:
-    """The reference policy pi_ref: `ref(input_ids [B, T], attention_mask [B, T]) -> logits
-    [B, T, V]`, computed without grad and in eval mode.
+    """The reference policy pi_ref of the KL term, evaluated without grad and in eval mode.
 
     For a peft policy it is the policy itself with the adapter disabled (no second copy of the
-    weights); otherwise a frozen model.
+    weights); otherwise a frozen model. `active()` is the one way to run it.
     """
 
     def __init__(self, model: nn.Module, adapter_off: bool):
         self.model = model
         self.adapter_off = adapter_off
 
-    @torch.no_grad()
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    @contextmanager
+    def active(self):
+        """Yields the model computing pi_ref (adapter disabled), in eval mode, without grad."""
         was_training = self.model.training
         self.model.eval()
         try:
-            if self.adapter_off:
-                with self.model.disable_adapter():
-                    return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            with torch.no_grad(), (self.model.disable_adapter() if self.adapter_off
+                                   else nullcontext()):
+                yield self.model
         finally:
             self.model.train(was_training)
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """input_ids [B, T], attention_mask [B, T] -> logits [B, T, V]."""
+        with self.active() as model:
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 def load_reference(

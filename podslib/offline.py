@@ -7,6 +7,7 @@ rollouts.jsonl with one line per prompt (prompt, gold, completions).
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import pandas as pd
 import torch
 
 from .config import Config
+from .files import atomic_write
 
 ARRAYS = ("rewards", "correct", "lengths")
 
@@ -26,17 +28,19 @@ def sample_rollouts(cfg: Config, num_prompts: int, n: int) -> dict[str, Any]:
     """n rollouts for each of `num_prompts` training prompts of `cfg` (its model, warm-start,
     engine, sampling and reward settings; prompts drawn with cfg.seed). Returns rewards,
     correct, lengths ([G, n] numpy arrays), prompts, golds and texts ([G][n])."""
+    from .data import load_examples
     from .models import load_policy
     from .rewards import score_batch
     from .rollout import SamplingParams, make_engine
+    from .seeding import derive_seed
+    from .sft import policy_path
     from .tasks import build_prompts
-    from .trainer import derive_seed, load_examples, resolve_model
 
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise ValueError(f"num_prompts must be an integer >= 1; got {num_prompts!r}")
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1; got {n!r}")
-    model_path = resolve_model(cfg)
+    model_path = policy_path(cfg)
     policy, tokenizer = load_policy(model_path, dtype=cfg.dtype, device=cfg.device)
     policy.eval()
     engine = make_engine(cfg.engine, model_path=model_path, policy=policy, tokenizer=tokenizer,
@@ -65,15 +69,20 @@ def save_rollouts(rollouts: dict[str, Any], out_dir: str | Path) -> Path:
     """Write rollouts.npz and rollouts.jsonl into `out_dir` (atomically); returns out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / ".rollouts.tmp.npz"
-    np.savez_compressed(tmp, **{k: rollouts[k] for k in ARRAYS})
-    tmp.replace(out_dir / "rollouts.npz")
+    arrays = io.BytesIO()
+    np.savez_compressed(arrays, **{k: rollouts[k] for k in ARRAYS})
+    atomic_write(out_dir / "rollouts.npz", arrays.getvalue())
     lines = [json.dumps({"prompt": p, "gold": g, "completions": t})
              for p, g, t in zip(rollouts["prompts"], rollouts["golds"], rollouts["texts"])]
-    tmp = out_dir / ".rollouts.tmp.jsonl"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(out_dir / "rollouts.jsonl")
+    atomic_write(out_dir / "rollouts.jsonl", "\n".join(lines) + "\n")
     return out_dir
+
+
+def save_tables(out_dir: str | Path, **tables: pd.DataFrame) -> None:
+    """Write each table as <name>.csv in `out_dir`, atomically and in the order given (so the
+    last one marks a complete set)."""
+    for name, table in tables.items():
+        atomic_write(Path(out_dir) / f"{name}.csv", table.to_csv(index=False))
 
 
 def load_rollouts(out_dir: str | Path) -> dict[str, np.ndarray]:
@@ -112,8 +121,7 @@ def rule_statistics(rewards: np.ndarray, m_values: Sequence[int], rules: Sequenc
     r = torch.as_tensor(np.asarray(rewards), dtype=torch.float32)
     rows = []
     for rule in rules:
-        if rule not in RULES:
-            raise ValueError(f"rules must be among {', '.join(map(repr, RULES))}; got {rule!r}")
+        RULES.check(rule)
         for m in m_values:
             idx = select(r, m, rule, generator=torch.Generator().manual_seed(seed))
             sel = r.gather(1, idx)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import results as R
-from .config import Config
+from . import rundir
+from .config import Config, load_yaml, merge
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -52,10 +52,10 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return R.run_id(self.variant, self.seed)
+        return rundir.run_id(self.variant, self.seed)
 
     def config(self, **overrides: Any) -> Config:
-        return Config.from_dict({**self.values, **overrides})
+        return Config.from_dict(merge(self.values, overrides))
 
 
 @dataclass
@@ -74,13 +74,14 @@ class Grid:
         if variant not in self.variants:
             raise ValueError(f"variant must be one of {', '.join(map(repr, self.variants))}; "
                              f"got {variant!r}")
-        values = {"results_root": "results", **self.base, **self.variants[variant],
-                  "experiment": self.experiment, "seed": seed, "run_name": R.run_id(variant, seed)}
+        values = merge(merge({"results_root": "results"}, self.base), self.variants[variant])
+        values = merge(values, {"experiment": self.experiment, "seed": seed,
+                                "run_name": rundir.run_id(variant, seed)})
         return resolve_paths(values)
 
     def config(self, variant: str, seed: int, **overrides: Any) -> Config:
         """The validated Config of (variant, seed) with `overrides` applied."""
-        return Config.from_dict({**self.values(variant, seed), **overrides})
+        return Config.from_dict(merge(self.values(variant, seed), overrides))
 
     def runs(self, seeds: list[int] | None = None, only: list[str] | None = None) -> list[RunSpec]:
         """The grid's runs, seed-major (all variants of a seed before the next seed, so that an
@@ -89,8 +90,19 @@ class Grid:
             if name not in self.variants:
                 raise ValueError(f"--only must name variants among "
                                  f"{', '.join(map(repr, self.variants))}; got {name!r}")
+        if seeds is not None:
+            check_seeds(seeds, "--seeds")
         names = only or list(self.variants)
         return [RunSpec(v, s, self.values(v, s)) for s in (seeds or self.seeds) for v in names]
+
+
+def check_seeds(seeds: Any, where: str) -> None:
+    """ValueError unless `seeds` is a non-empty list of distinct integers >= 0."""
+    ok = (isinstance(seeds, list) and seeds and len(set(map(str, seeds))) == len(seeds)
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
+    if not ok:
+        raise ValueError(f"{where} must be a non-empty list of distinct integers >= 0; "
+                         f"got {seeds!r}")
 
 
 def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
@@ -106,14 +118,15 @@ def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_grid_file(path: Path) -> dict[str, Any]:
+def _read_grid_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The YAML mapping of a grid file, with `inherit: OTHER.yaml` (a path relative to this file)
-    merged in: the other file's base and seeds are the defaults of this one's."""
-    import yaml
-
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist (see configs/)")
-    data = yaml.safe_load(path.read_text()) or {}
+    merged in: the other file's base and seeds are the defaults of this one's. `chain` holds
+    the files inheriting this one (a cycle is named and refused)."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(path):], path))
+        raise ValueError(f"config file {str(chain[0])!r}: inherit forms a cycle: {cycle}")
+    data = load_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping with keys "  # noqa: TRY004
                          f"{', '.join(GRID_KEYS)}")
@@ -122,9 +135,9 @@ def _read_grid_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(path)!r}: unknown top-level key(s) {unknown}; "
                          f"accepted: {', '.join(GRID_KEYS)}")
     if "inherit" in data:
-        parent = _read_grid_file(path.parent / str(data["inherit"]))
+        parent = _read_grid_file(path.parent / str(data["inherit"]), (*chain, path))
         data = {**data, "seeds": data.get("seeds", parent.get("seeds", [0])),
-                "base": {**(parent.get("base") or {}), **(data.get("base") or {})}}
+                "base": merge(parent.get("base") or {}, data.get("base") or {})}
     return data
 
 
@@ -137,10 +150,7 @@ def load_grid(path: str | Path) -> Grid:
         raise ValueError(f"config file {str(path)!r}: experiment must be a folder name "
                          f"(non-empty, no '/'); got {experiment!r}")
     seeds = data.get("seeds", [0])
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
-        raise ValueError(f"config file {str(path)!r}: seeds must be a non-empty list of "
-                         f"integers >= 0; got {seeds!r}")
+    check_seeds(seeds, f"config file {str(path)!r}: seeds")
     base, variants = data.get("base") or {}, data.get("grid") or {}
     if not isinstance(base, dict):
         raise ValueError(f"config file {str(path)!r}: base must be a mapping of Config "  # noqa: TRY004
@@ -186,10 +196,10 @@ def default_kernel() -> str:
 
 
 def kernel_environment() -> None:
-    """Environment the notebook kernels inherit (set unless the user already did): in-process
-    vLLM (DESIGN.md, Engines) and, on machines without a GPU, one torch thread per process. On
-    the shared 2-core CPU two threads per process made a tiny-model step up to 12x slower under
-    load (OpenMP threads waiting on each other) and were no faster when idle."""
+    """Environment the notebook kernels inherit (set unless the user already did): an in-process
+    vLLM engine (weight sync needs it, docs/design.md "Engines") and, on machines without a GPU,
+    one torch thread per process: several OpenMP threads per process on a small, shared CPU wait
+    on each other."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if shutil.which("nvidia-smi") is None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -219,7 +229,7 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
         raise FileNotFoundError(f"notebook {str(notebook)!r} does not exist")
     check_parameters(notebook, parameters)
     kernel_environment()
-    output = R.fresh_path(output)
+    output = rundir.fresh_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters,
@@ -255,51 +265,60 @@ def preflight(grid: Grid, specs: list[RunSpec], root: Path,
     """Check the experiment folder and every run folder before anything runs; returns each run's
     state: 'complete', 'resume' (interrupted, same config) or 'new'. A folder of another
     experiment, or a run folder holding another config, raises ValueError."""
-    exp_dir = root / grid.experiment
-    R.claim_experiment(exp_dir, grid.experiment, grid.source.name)
-    states = {}
-    for spec in specs:
-        run_dir = exp_dir / spec.run_id
-        saved = run_dir / "config.yaml"
-        if not saved.exists():
-            states[spec.run_id] = "new"
-            continue
-        differ = spec.config(**overrides).differing_fields(Config.from_yaml(saved))
-        if differ:
-            raise ValueError(f"run folder {str(run_dir)!r} holds a run with a different config "
-                             f"(fields {', '.join(differ)}); use another experiment name or "
-                             "move that folder (nothing was overwritten)")
-        states[spec.run_id] = "complete" if R.is_complete(run_dir) else "resume"
-    return states
+    rundir.claim_experiment(root / grid.experiment, grid.experiment, grid.source.name)
+    return {spec.run_id: rundir.run_state(spec.config(**overrides),
+                                          root / grid.experiment / spec.run_id)
+            for spec in specs}
 
 
 def run_grid(config_file: str | Path, seeds: list[int] | None = None,
              only: list[str] | None = None, results_root: str | Path | None = None,
              overrides: dict[str, Any] | None = None, kernel: str | None = None,
-             progress: bool = True, log=print) -> dict[str, list[str]]:
-    """Run every (variant, seed) of the grid through notebooks/03_train.ipynb.
+             progress: bool = True, jobs: int = 1, log=print) -> dict[str, list[str]]:
+    """Run every (variant, seed) of the grid through notebooks/03_train.ipynb, `jobs` at a time
+    (seed-major order, so with 2 jobs the variants of one seed run side by side).
 
+    The experiment folder is locked for the whole grid (a second runner stops at once).
     Completed runs are skipped, failed ones reported (with the failing cell's error) while the
     others go on. Returns {'done': [...], 'skipped': [...], 'failed': [...]} of run ids.
     """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
     grid = load_grid(config_file)
     specs = grid.runs(seeds, only)
     first = next(iter(grid.variants))
     root = Path(results_root or grid.values(first, grid.seeds[0])["results_root"]).resolve()
     overrides = {**(overrides or {}), "results_root": str(root)}
-    states = preflight(grid, specs, root, overrides)
-    out: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
-    todo = [s for s in specs if states[s.run_id] != "complete"]
-    for spec in specs:
-        if states[spec.run_id] == "complete":
-            log(f"[skip] {grid.experiment}/{spec.run_id}: complete (summary.json present)")
-            out["skipped"].append(spec.run_id)
+    rundir.check_writable(root / grid.experiment, "results folder")
+    with rundir.locked(root / grid.experiment, "experiment folder"):
+        states = preflight(grid, specs, root, overrides)
+        if jobs > 1:
+            prepare_models([s.config(**overrides) for s in specs if states[s.run_id] != "complete"])
+        out: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
+        for spec in specs:
+            if states[spec.run_id] == "complete":
+                log(f"[skip] {grid.experiment}/{spec.run_id}: complete (summary.json present)")
+                out["skipped"].append(spec.run_id)
+        todo = [s for s in specs if states[s.run_id] != "complete"]
+        _run_all(grid, todo, states, root, overrides, kernel, progress and jobs == 1, jobs, out,
+                 log)
+    return out
+
+
+def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path,
+             overrides: dict[str, Any], kernel: str | None, progress: bool, jobs: int,
+             out: dict[str, list[str]], log) -> None:
+    """Execute 03_train for every run of `todo`, `jobs` at a time, logging each end with ETA."""
+    from concurrent.futures import ThreadPoolExecutor
+
     start = time.perf_counter()
-    for k, spec in enumerate(todo, 1):
+    ended = 0
+
+    def one(spec: RunSpec) -> None:
+        nonlocal ended
         run_dir = root / grid.experiment / spec.run_id
         resume = states[spec.run_id] == "resume"
-        log(f"[{k}/{len(todo)}] {grid.experiment}/{spec.run_id}: "
-            f"{'resuming' if resume else 'starting'}")
+        log(f"[{grid.experiment}/{spec.run_id}] {'resuming' if resume else 'starting'}")
         t0 = time.perf_counter()
         try:
             execute(NOTEBOOKS / "03_train.ipynb", run_dir / "03_train.ipynb",
@@ -311,11 +330,15 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
         except NotebookError as err:
             out["failed"].append(spec.run_id)
             status = f"FAILED: {err}"
+        ended += 1
         elapsed = time.perf_counter() - start
-        eta = elapsed / k * (len(todo) - k)
-        log(f"[{k}/{len(todo)}] {spec.run_id}: {status} in {_fmt(time.perf_counter() - t0)} "
-            f"(elapsed {_fmt(elapsed)}, ETA {_fmt(eta)})")
-    return out
+        eta = elapsed / ended * (len(todo) - ended)
+        log(f"[{ended}/{len(todo)}] {spec.run_id}: {status} in "
+            f"{_fmt(time.perf_counter() - t0)} (elapsed {_fmt(elapsed)}, ETA {_fmt(eta)})")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, spec) for spec in todo]:
+            future.result()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,8 +350,14 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
     """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
     executed notebook, figures/ and summary.{md,csv} are derived files and are replaced."""
     exp_dir = Path(results_root).resolve() / experiment
-    if not R.find_runs(exp_dir):
+    runs = rundir.find_runs(exp_dir)
+    if not runs:
         raise FileNotFoundError(f"no runs under {str(exp_dir)!r}; run `pods run CONFIG` first")
+    if not any(rundir.is_complete(r) for r in runs):
+        raise ValueError(f"experiment {experiment!r} has no complete run yet (unfinished: "
+                         f"{', '.join(r.name for r in runs)}); finish them with `pods run "
+                         "CONFIG` (interrupted runs resume)")
+    rundir.check_writable(exp_dir, "results folder")
     output = exp_dir / "04_plots.ipynb"
     output.unlink(missing_ok=True)
     return execute(NOTEBOOKS / "04_plots.ipynb", output,
@@ -336,17 +365,18 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
                     "baseline": baseline}, kernel=kernel, progress=progress)
 
 
-def warm_start_alone(cfg: Config) -> Path:
-    """The cached warm-start of `cfg`, built with every core: it runs before any kernel starts,
-    alone on the CPU (one thread, as the kernels get, made it 1.8x slower on 2 cores)."""
+def prepare_models(configs: list[Config]) -> list[str]:
+    """Build the cached tiny models (and warm-starts) the configs need, once each, with every
+    core, before any kernel starts (the kernels get one thread each; runs started side by side
+    would otherwise build the same model twice)."""
     import torch
 
-    from .sft import warm_start
+    from .sft import policy_path
 
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return warm_start(cfg, Path(cfg.cache_dir).expanduser())
+        return sorted({policy_path(cfg) for cfg in configs if cfg.model == "tiny"})
     finally:
         torch.set_num_threads(threads)
 
@@ -362,15 +392,15 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
     grid = load_grid(config_file)
     root = Path(results_root).resolve()
     exp_dir = root / grid.experiment
-    R.claim_experiment(exp_dir, grid.experiment, grid.source.name)
+    rundir.claim_experiment(exp_dir, grid.experiment, grid.source.name)
     first = grid.config(next(iter(grid.variants)), grid.seeds[0])
 
     def step(name: str) -> None:
         log(f"== {name} (elapsed {_fmt(time.perf_counter() - start)})")
 
-    if first.model == "tiny" and first.warm_start:
-        step("warm-start of the tiny model (cached in cache_dir after the first time)")
-        log(f"   model: {warm_start_alone(first)}")
+    if first.model == "tiny":
+        step("the tiny model and its warm-start (cached in cache_dir after the first time)")
+        log(f"   model: {', '.join(prepare_models([first]))}")
     rollouts, ablation = exp_dir / "rollouts", exp_dir / "downsampling"
     step("01_rollouts: n rollouts per prompt, reward distributions")
     if (rollouts / "rollouts.npz").exists():

@@ -1,8 +1,8 @@
-"""Run folders, metrics I/O, seed aggregation and the paper's speedup.
+"""Runs loaded into pandas, seed aggregation, the paper's speedup and the summary tables.
 
 A run folder is `results/<experiment>/<run_id>/` (run_id = '<variant>-s<seed>') holding what
-`podslib.trainer.train` writes (config.yaml, metrics.jsonl, eval.jsonl, summary.json) plus the
-executed notebook. A run is complete when summary.json exists.
+`podslib.trainer.train` writes (see `podslib.rundir`) plus the executed notebook. A run is
+complete when summary.json exists.
 
 Aggregation over seeds (`aggregate`): each seed's accuracy curve is a step function, the accuracy
 of its latest evaluation at or before time t ("hold last": what you would have if training
@@ -10,7 +10,7 @@ stopped at t). Per variant, the common time grid is the union of the seeds' eval
 to the earliest last evaluation, so every grid point averages all seeds and no curve is
 extrapolated; on that grid the mean curve is exact (no interpolation error).
 
-Speedup (PAPER.md): threshold = 0.99 * the baseline's (GRPO's) peak accuracy; speedup = time
+Speedup (the paper's definition): threshold = 0.99 * the baseline's (GRPO's) peak accuracy; speedup = time
 for the baseline to first reach the threshold / time for the method to first reach that same
 threshold, both measured at evaluation times (no interpolation between evaluations). Headline:
 on the seed-mean curves. Per seed: GRPO seed s is paired with PODS seed s (same data order,
@@ -19,118 +19,19 @@ same evaluation seed), with the threshold from GRPO seed s's own peak.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from .config import load_yaml
+from .files import atomic_write
+from .rundir import find_runs, is_complete, read_log
+
 PHASES = ("t_generate", "t_score", "t_select", "t_update", "t_sync")
 RUN_COLUMNS = ("experiment", "variant", "seed", "run_id", "n", "m", "rule", "complete")
-
-
-# ----------------------------------------------------------------------------------------------
-# files and run folders
-# ----------------------------------------------------------------------------------------------
-
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as JSON atomically (tmp file + rename: readers never see half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Write `text` atomically (tmp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a JSON-lines file ([] when absent); a torn last line (a killed writer) is
-    skipped, a bad line elsewhere raises ValueError naming the file and line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{str(path)!r} line {i + 1} is not valid JSON: {err}") from err
-    return records
-
-
-def run_id(variant: str, seed: int) -> str:
-    """The run folder name of one grid cell."""
-    return f"{variant}-s{seed}"
-
-
-def is_complete(run_dir: str | Path) -> bool:
-    """A run is complete when the trainer has written its summary.json."""
-    return (Path(run_dir) / "summary.json").is_file()
-
-
-def find_runs(exp_dir: str | Path) -> list[Path]:
-    """Run folders (those holding a config.yaml) directly under `exp_dir`, sorted by name."""
-    exp_dir = Path(exp_dir)
-    if not exp_dir.is_dir():
-        return []
-    return sorted(p for p in exp_dir.iterdir() if (p / "config.yaml").is_file())
-
-
-def fresh_path(path: str | Path) -> Path:
-    """`path` if it does not exist, else the first free 'stem.1.suffix', 'stem.2.suffix', ...
-    (so that nothing already written is overwritten)."""
-    path = Path(path)
-    k = 0
-    candidate = path
-    while candidate.exists():
-        k += 1
-        candidate = path.with_name(f"{path.stem}.{k}{path.suffix}")
-    return candidate
-
-
-def _read_yaml(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text()) or {}
-
-
-def claim_experiment(exp_dir: str | Path, experiment: str, source: str) -> None:
-    """Mark `exp_dir` as holding `experiment` from config file `source` (experiment.json), or
-    check that it already does. A folder written by another experiment or another config file
-    raises ValueError before anything is written."""
-    exp_dir = Path(exp_dir)
-    marker = exp_dir / "experiment.json"
-    if marker.exists():
-        mine = json.loads(marker.read_text())
-        if mine.get("experiment") != experiment or mine.get("source") != source:
-            raise ValueError(
-                f"results folder {str(exp_dir)!r} holds experiment {mine.get('experiment')!r} "
-                f"from {mine.get('source')!r}, not {experiment!r} from {source!r}; choose "
-                "another experiment name or results_root (nothing was overwritten)")
-        return
-    for run in find_runs(exp_dir):
-        other = _read_yaml(run / "config.yaml").get("experiment")
-        if other != experiment:
-            raise ValueError(
-                f"results folder {str(exp_dir)!r} holds runs of experiment {other!r} (e.g. "
-                f"{run.name}), not {experiment!r}; choose another experiment name or "
-                "results_root (nothing was overwritten)")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"experiment": experiment, "source": source})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +39,7 @@ def claim_experiment(exp_dir: str | Path, experiment: str, source: str) -> None:
 # ----------------------------------------------------------------------------------------------
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
-    cfg = _read_yaml(run_dir / "config.yaml")
+    cfg = load_yaml(run_dir / "config.yaml")
     seed = int(cfg.get("seed", 0))
     n, m = int(cfg.get("n", 0)), int(cfg.get("m", 0))
     suffix = f"-s{seed}"
@@ -160,7 +61,7 @@ def _frame(runs: list[Path], filename: str) -> pd.DataFrame:
     rows = []
     for run in runs:
         info = _run_info(run)
-        rows += [{**info, **rec} for rec in read_jsonl(run / filename)]
+        rows += [{**info, **rec} for rec in read_log(run / filename)]
     if not rows:
         return pd.DataFrame(columns=[*RUN_COLUMNS, "step", "train_time_s"])
     return pd.DataFrame(rows)
@@ -341,6 +242,6 @@ def write_summary(table: pd.DataFrame, out_dir: str | Path, name: str = "summary
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
-    write_text(csv, table.to_csv(index=False))
-    write_text(md, markdown_table(table))
+    atomic_write(csv, table.to_csv(index=False))
+    atomic_write(md, markdown_table(table))
     return [csv, md]

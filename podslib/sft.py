@@ -1,86 +1,72 @@
-"""Supervised warm-start of the tiny default model on the arithmetic task.
+"""The embedded default's model: the tiny model, built and supervised-warm-started on arith.
 
 RL needs signal: a randomly initialised model never answers correctly, so every group has
 all-zero rewards. Teacher-forced training on worked solutions ("46+75=121\\n121-28=93\\n...
-#### 158") brings it to partial competence first. Learning comes in a sudden jump (DESIGN.md)
-whose step depends on the CPU's float rounding: 800 steps gave 31% sampled accuracy on one
-machine and 66% on another. So the warm-start stops at a target accuracy, checked every
-warm_start_check_every steps on held-out train problems (sampled at T = 0.9, the paper's
-evaluation temperature), with warm_start_steps as the cap; steps are counted, not seconds. The
-result is cached under cache_dir/<hash of the settings>: an HF `save_pretrained` folder that
-transformers and vLLM both load, with warm_start.json recording the checks.
+#### 158") brings it to partial competence first. Learning comes in a sudden jump whose step
+depends on the CPU's float rounding, so the warm-start stops at a target accuracy
+(tiny.warm_start_target), checked every tiny.warm_start_check_every steps on held-out train
+problems (sampled at T = 0.9, the paper's evaluation temperature), with tiny.warm_start_steps
+as the cap; steps are counted, not seconds. The result is cached under cache_dir/<hash of the
+settings>: an HF `save_pretrained` folder that transformers and vLLM both load, with
+warm_start.json recording the checks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-# Config fields that determine the tiny base model and its warm-start.
-TINY_FIELDS = ("tiny_hidden", "tiny_layers", "tiny_heads", "warm_start_seed")
-WARM_START_FIELDS = TINY_FIELDS + (
-    "warm_start_steps", "warm_start_target", "warm_start_check_every", "warm_start_batch_size",
-    "warm_start_lr", "template", "arith_steps_min", "arith_steps_max", "arith_operand_min",
-    "arith_operand_max")
+from .config import Config, TinySettings
+from .data import arith_examples
+from .files import atomic_folder
+
+# The tiny settings that determine the randomly initialised model (the warm-start: all of them).
+MODEL_FIELDS = ("hidden", "layers", "heads", "seed")
 # The warm-start accuracy checks: held-out train problems (at most a fifth), one sample each.
 CHECK_PROBLEMS = 200
 CHECK_TEMPERATURE = 0.9
 CHECK_MAX_TOKENS = 48
 
 
-def settings_key(settings: Any, names: tuple[str, ...], kind: str) -> str:
-    """'<kind>-<hash>' of the named settings (a Config or any object with those attributes)."""
-    values = {name: getattr(settings, name) for name in names}
+def settings_key(values: dict[str, Any], kind: str) -> str:
+    """'<kind>-<hash>' of the settings `values`."""
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
     return f"{kind}-{digest}"
 
 
+def policy_path(cfg: Config) -> str:
+    """The policy's folder or hub id: cfg.model, or for 'tiny' the cached (warm-started) model."""
+    if cfg.model != "tiny":
+        return cfg.model
+    cache = Path(cfg.cache_dir).expanduser()
+    return str(warm_start(cfg.tiny, cfg.template, cache) if cfg.tiny.warm_start
+               else tiny_base(cfg.tiny, cache))
+
+
 def _cached(folder: Path, build) -> Path:
-    """Return `folder`, building it first with build(tmp_folder) when absent (atomic rename, so a
+    """Return `folder`, building it first with build(tmp_folder) when absent (atomically, so a
     killed build never leaves a half-written model behind)."""
-    if (folder / "config.json").exists():
-        return folder
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build(tmp)
-    try:
-        os.replace(tmp, folder)
-    except OSError:                       # another process finished the same folder first
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (folder / "config.json").exists():
+        atomic_folder(folder, build)
     return folder
 
 
-def arith_examples(settings: Any, split: str, limit: int | None, seed: int = 0) -> list:
-    """Distinct arith problems of `split` with the settings' difficulty: `limit` of them, capped
-    at a third of the expressions that exist (make_arith needs distinct problems, and about a
-    tenth of all expressions belong to the test split)."""
-    from .tasks import make_arith
-
-    width = settings.arith_operand_max - settings.arith_operand_min + 1
-    exist = sum(width ** (k + 1) * 2 ** k
-                for k in range(settings.arith_steps_min, settings.arith_steps_max + 1))
-    cap = exist // 3 if split == "train" else exist // 30
-    return make_arith(min(limit or cap, cap), seed=seed, split=split,
-                      steps=(settings.arith_steps_min, settings.arith_steps_max),
-                      operand_range=(settings.arith_operand_min, settings.arith_operand_max))
-
-
-def tiny_base(settings: Any, cache_dir: str | Path) -> Path:
-    """The randomly initialised tiny model (cached): make_tiny_model with the tiny_* settings."""
+def tiny_base(tiny: TinySettings, cache_dir: str | Path) -> Path:
+    """The randomly initialised tiny model (cached): make_tiny_model with the tiny settings."""
     from .models import make_tiny_model
 
-    folder = Path(cache_dir).expanduser() / settings_key(settings, TINY_FIELDS, "tiny")
+    values = {name: getattr(tiny, name) for name in MODEL_FIELDS}
+    folder = Path(cache_dir).expanduser() / settings_key(values, "tiny")
     folder.parent.mkdir(parents=True, exist_ok=True)
     return _cached(folder, lambda out: make_tiny_model(
-        out, hidden=settings.tiny_hidden, layers=settings.tiny_layers, heads=settings.tiny_heads,
-        kv_heads=settings.tiny_heads, seed=settings.warm_start_seed))
+        out, hidden=tiny.hidden, layers=tiny.layers, heads=tiny.heads, kv_heads=tiny.heads,
+        seed=tiny.seed))
 
 
 def sft_batch(examples: list, template: str, tokenizer) -> tuple[torch.Tensor, ...]:
@@ -146,39 +132,39 @@ def sampled_accuracy(model, tokenizer, examples: list, template: str, seed: int)
     return result["n_correct"] / result["n_samples"]
 
 
-def warm_start(settings: Any, cache_dir: str | Path) -> Path:
+def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path) -> Path:
     """The tiny model after supervised steps on arith train problems, stopped at the first check
-    that reaches warm_start_target (or after warm_start_steps); cached by a hash of the settings
-    (see WARM_START_FIELDS). Deterministic given warm_start_seed and the machine."""
+    that reaches tiny.warm_start_target (or after tiny.warm_start_steps); cached by a hash of
+    the tiny settings and the template. Deterministic given tiny.seed and the machine."""
     from .models import load_policy
 
-    base = tiny_base(settings, cache_dir)
-    folder = Path(cache_dir).expanduser() / settings_key(settings, WARM_START_FIELDS, "sft")
+    base = tiny_base(tiny, cache_dir)
+    values = {**asdict(tiny), "template": template}
+    folder = Path(cache_dir).expanduser() / settings_key(values, "sft")
 
     def build(out: Path) -> None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.warm_start_seed)
+            torch.manual_seed(tiny.seed)
             model, tokenizer = load_policy(base)
-            examples = arith_examples(settings, "train", 20000, seed=settings.warm_start_seed)
+            examples = arith_examples(tiny, "train", 20000, seed=tiny.seed)
             k = min(CHECK_PROBLEMS, len(examples) // 5)        # small tasks keep 80% to train
             held_out, examples = examples[:k], examples[k:]
             checks: list[dict[str, float]] = []
 
             def reached_target(step: int, loss: float) -> bool:
-                if not settings.warm_start_target or step % settings.warm_start_check_every:
+                if not tiny.warm_start_target or step % tiny.warm_start_check_every:
                     return False
-                accuracy = sampled_accuracy(model, tokenizer, held_out, settings.template,
-                                            settings.warm_start_seed)
+                accuracy = sampled_accuracy(model, tokenizer, held_out, template, tiny.seed)
                 checks.append({"step": step, "loss": loss, "accuracy": accuracy})
-                return accuracy >= settings.warm_start_target
+                return accuracy >= tiny.warm_start_target
 
-            losses = train_sft(model, tokenizer, examples, settings.warm_start_steps,
-                               settings.warm_start_batch_size, settings.warm_start_lr,
-                               settings.template, settings.warm_start_seed, reached_target)
+            losses = train_sft(model, tokenizer, examples, tiny.warm_start_steps,
+                               tiny.warm_start_batch_size, tiny.warm_start_lr, template,
+                               tiny.seed, reached_target)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "warm_start.json").write_text(json.dumps(
-            {name: getattr(settings, name) for name in WARM_START_FIELDS}
-            | {"steps_taken": len(losses), "final_loss": losses[-1], "checks": checks}, indent=2))
+            values | {"steps_taken": len(losses), "final_loss": losses[-1], "checks": checks},
+            indent=2))
 
     return _cached(folder, build)

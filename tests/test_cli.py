@@ -9,16 +9,15 @@ import sys
 import pytest
 import yaml
 
-from podslib import pipeline
-from podslib import results as R
+from podslib import pipeline, rundir
 from podslib.cli import main
 from podslib.config import Config
 
 CONFIG_FILES = sorted(pipeline.CONFIGS.glob("*.yaml"))
-TINY_BASE = {"warm_start": False, "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+TINY_BASE = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
              "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
-             "prompts_per_step": 2, "max_completion_tokens": 12, "tiny_hidden": 32,
-             "tiny_layers": 1, "tiny_heads": 2}
+             "prompts_per_step": 2, "max_completion_tokens": 12,
+             "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}
 
 
 def write_grid(path, grid, experiment="clitest", base=None):
@@ -45,7 +44,7 @@ def test_every_config_file_validates(path):
 
 
 def test_paper_settings():
-    """Spot checks of the configs against PAPER.md's setup table."""
+    """Spot checks of the configs against the paper's setup (docs/method.md)."""
     one = pipeline.load_grid(pipeline.CONFIGS / "gsm8k_1gpu.yaml")
     grpo, pods = one.config("grpo", 0), one.config("pods", 0)
     assert (grpo.n, grpo.m, pods.n, pods.m) == (16, 16, 64, 16)
@@ -113,7 +112,7 @@ def test_run_folder_with_another_config(tmp_path, capsys):
     run = tmp_path / "res" / "clitest" / spec.run_id
     run.mkdir(parents=True)
     spec.config(n=8).to_yaml(run / "config.yaml")
-    R.claim_experiment(run.parent, "clitest", "g.yaml")
+    rundir.claim_experiment(run.parent, "clitest", "g.yaml")
     before = snapshot(tmp_path / "res")
     assert main(["run", str(grid), "--results-root", str(tmp_path / "res")]) == 2
     assert "holds a run with a different config (fields n)" in capsys.readouterr().err
@@ -147,7 +146,7 @@ def test_run_reports_failures_goes_on_and_skips_completed_runs(tmp_path, capsys)
     assert "broken-s0: FAILED: 03_train.ipynb failed in cell" in captured.out
     assert "1 run(s) failed: broken-s0" in captured.err
     assert "[2/2] pods-s0: done" in captured.out
-    assert R.is_complete(root / "clitest" / "pods-s0")
+    assert rundir.is_complete(root / "clitest" / "pods-s0")
     assert (root / "clitest" / "broken-s0" / "03_train.ipynb").exists()
 
     before = snapshot(root)
@@ -168,7 +167,7 @@ def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
     exp = root / "repro"
     assert (exp / "rollouts" / "rollouts.npz").exists()
     assert (exp / "downsampling" / "rule_statistics.csv").exists()
-    assert R.is_complete(exp / "grpo-s0") and R.is_complete(exp / "pods-s0")
+    assert rundir.is_complete(exp / "grpo-s0") and rundir.is_complete(exp / "pods-s0")
     assert (exp / "summary.csv").exists() and (exp / "figures" / "accuracy_vs_time.png").exists()
     assert "| pods | 4 | 2 |" in capsys.readouterr().out
     before = snapshot(root)

@@ -14,6 +14,7 @@ import torch
 from test_trainer import easy
 
 from podslib import distributed as D
+from podslib import rundir
 
 ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
                 "tokens_trained", "accuracy_all")
@@ -48,7 +49,7 @@ def train(config: Path, run_dir: Path, ranks: int, *extra: str, via: str = "torc
 
 
 def checkpoint(run_dir: Path, name: str) -> dict:
-    (ckpt,) = (run_dir / "checkpoints").glob("step-*")
+    ckpt = rundir.checkpoints(run_dir)[-1]
     return torch.load(ckpt / name)
 
 

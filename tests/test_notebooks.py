@@ -10,16 +10,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import pipeline
-from podslib import results as R
+from podslib import pipeline, rundir
 
 NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots"]
 
 # A grid small enough for CPU tests: untrained tiny model (no warm-start), 2 steps, 4 problems.
-TINY_BASE = {"warm_start": False, "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+TINY_BASE = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
              "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
-             "prompts_per_step": 2, "max_completion_tokens": 12, "tiny_hidden": 32,
-             "tiny_layers": 1, "tiny_heads": 2}
+             "prompts_per_step": 2, "max_completion_tokens": 12,
+             "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}
 
 
 @pytest.fixture(scope="session")
@@ -104,14 +103,14 @@ def test_train_notebook(tmp_path, tiny_grid):
     run_notebook("03_train", run_dir / "03_train.ipynb",
                  {"config_file": str(tiny_grid), "variant": "pods", "seed": 0,
                   "run_dir": str(run_dir), "overrides": {"results_root": str(tmp_path)}})
-    assert R.is_complete(run_dir)
-    assert [r["step"] for r in R.read_jsonl(run_dir / "metrics.jsonl")] == [1, 2]
+    assert rundir.is_complete(run_dir)
+    assert [r["step"] for r in rundir.read_log(run_dir / "metrics.jsonl")] == [1, 2]
     assert {p.name for p in (run_dir / "figures").iterdir()} == {"accuracy.png", "reward.png"}
 
 
 def write_run(exp_dir, variant, seed, n, m, evals, step_s):
     """A synthetic run folder: config.yaml, eval.jsonl [(t, acc)], metrics.jsonl, summary.json."""
-    run = exp_dir / R.run_id(variant, seed)
+    run = exp_dir / rundir.run_id(variant, seed)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"experiment": exp_dir.name, "seed": seed, "n": n, "m": m, "rule": "max_variance"}))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from podslib import results as R
+from podslib import rundir
 
 
 def curve(variant, seed, t, acc, n=4, m=4):
@@ -119,26 +120,8 @@ def test_summary_table_headline_uses_mean_curves():
         == "never 2.00"       # seed 0 never reaches .495; seed 1 reaches .297 at 10 vs 20
 
 
-def test_read_jsonl_skips_torn_last_line_only(tmp_path):
-    path = tmp_path / "m.jsonl"
-    path.write_text('{"step": 1}\n{"step": 2}\n{"ste')
-    assert R.read_jsonl(path) == [{"step": 1}, {"step": 2}]
-    path.write_text('{"step": 1}\n{"ste\n{"step": 3}\n')
-    with pytest.raises(ValueError, match="line 2"):
-        R.read_jsonl(path)
-    assert R.read_jsonl(tmp_path / "absent.jsonl") == []
-
-
-def test_write_json_atomic_and_fresh_path(tmp_path):
-    R.write_json(tmp_path / "a.json", {"x": 1})
-    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]          # no tmp left behind
-    assert R.fresh_path(tmp_path / "a.json").name == "a.1.json"
-    assert R.fresh_path(tmp_path / "b.json").name == "b.json"
-
-
 def make_run(exp_dir, variant, seed, experiment, evals, n=4, m=4, complete=True):
-    run = exp_dir / R.run_id(variant, seed)
+    run = exp_dir / rundir.run_id(variant, seed)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"experiment": experiment, "seed": seed, "n": n, "m": m, "rule": "max_variance"}))
@@ -160,19 +143,6 @@ def test_load_runs_reads_run_folders(tmp_path):
         (1, 16, 4, "max_variance", False)
     assert set(df[df["variant"] == "grpo"]["rule"]) == {"none"}
     assert len(R.load_runs(tmp_path, "absent")) == 0
-
-
-def test_claim_experiment_guards_foreign_folders(tmp_path):
-    exp = tmp_path / "tiny"
-    R.claim_experiment(exp, "tiny", "tiny.yaml")
-    R.claim_experiment(exp, "tiny", "tiny.yaml")                   # same: fine
-    with pytest.raises(ValueError, match="holds experiment 'tiny' from 'tiny.yaml'"):
-        R.claim_experiment(exp, "tiny", "other.yaml")
-    other = tmp_path / "old"
-    make_run(other, "grpo", 0, "gsm8k", [(0, 0.1)])
-    with pytest.raises(ValueError, match="holds runs of experiment 'gsm8k'"):
-        R.claim_experiment(other, "old", "old.yaml")
-    assert not (other / "experiment.json").exists()
 
 
 def test_summary_rows_follow_the_ablation_order():

@@ -6,11 +6,15 @@ import json
 import pytest
 
 from podslib import sft
-from podslib.config import Config
+from podslib.config import Config, TinySettings
 
-SMALL = {"tiny_hidden": 32, "tiny_layers": 2, "tiny_heads": 2, "arith_steps_min": 1,
-         "arith_steps_max": 1, "arith_operand_min": 0, "arith_operand_max": 19,
-         "warm_start_steps": 12, "warm_start_batch_size": 4, "warm_start_check_every": 4}
+SMALL = {"hidden": 32, "layers": 2, "heads": 2, "steps_min": 1, "steps_max": 1,
+         "operand_min": 0, "operand_max": 19, "warm_start_steps": 12, "warm_start_batch_size": 4,
+         "warm_start_check_every": 4}
+
+
+def warm_start(cache, **overrides):
+    return sft.warm_start(TinySettings(**{**SMALL, **overrides}), "tiny", cache)
 
 
 @pytest.fixture
@@ -28,8 +32,7 @@ def scripted(monkeypatch):
 
 
 def record(tmp_path, **overrides) -> dict:
-    cfg = Config.from_dict({**SMALL, "cache_dir": str(tmp_path), **overrides})
-    return json.loads((sft.warm_start(cfg, tmp_path) / "warm_start.json").read_text())
+    return json.loads((warm_start(tmp_path, **overrides) / "warm_start.json").read_text())
 
 
 def test_warm_start_stops_at_the_first_check_reaching_the_target(tmp_path, scripted):
@@ -50,16 +53,14 @@ def test_warm_start_runs_every_step_without_target_or_below_it(tmp_path, scripte
 
 
 def test_warm_start_is_cached_by_its_settings(tmp_path, scripted):
-    cfg = Config.from_dict({**SMALL, "warm_start_target": 0.3})
-    first = sft.warm_start(cfg, tmp_path)
-    assert sft.warm_start(cfg, tmp_path) == first and len(scripted) == 3     # no rebuild
-    other = sft.warm_start(Config.from_dict({**SMALL, "warm_start_target": 0.2}), tmp_path)
-    assert other != first
+    first = warm_start(tmp_path, warm_start_target=0.3)
+    assert warm_start(tmp_path, warm_start_target=0.3) == first and len(scripted) == 3
+    assert warm_start(tmp_path, warm_start_target=0.2) != first
 
 
 @pytest.mark.parametrize("field, value", [("warm_start_target", 1.5),
                                           ("warm_start_target", -0.1),
                                           ("warm_start_check_every", 0)])
 def test_bad_warm_start_settings_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
-        Config.from_dict({field: value})
+    with pytest.raises(ValueError, match=f"tiny.{field}"):
+        Config.from_dict({"tiny": {field: value}})

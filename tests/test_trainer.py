@@ -7,16 +7,22 @@ import math
 import pytest
 import torch
 
+from podslib import batch as B
+from podslib import step as S
 from podslib import trainer as T
-from podslib.config import Config
+from podslib.cli import parse_overrides
+from podslib.config import Config, parse_yaml_value
+from podslib.data import step_prompt_indices
 from podslib.rollout import Completion, Group
+from podslib.seeding import derive_seed
 
 # A small, easy setting that warm-starts in ~30 s: one operation on operands 0..19, a 2-layer
 # hidden-32 model; at most 800 supervised steps, stopped at 30% correct (the default target).
 EASY = {
-    "tiny_hidden": 32, "tiny_layers": 2, "tiny_heads": 2, "arith_steps_min": 1,
-    "arith_steps_max": 1, "arith_operand_min": 0, "arith_operand_max": 19,
-    "warm_start_steps": 800, "warm_start_batch_size": 32, "max_completion_tokens": 16,
+    "tiny": {"hidden": 32, "layers": 2, "heads": 2, "steps_min": 1, "steps_max": 1,
+             "operand_min": 0, "operand_max": 19, "warm_start_steps": 800,
+             "warm_start_batch_size": 32},
+    "max_completion_tokens": 16,
     "train_size": 200, "test_size": 24, "eval_repeats": 2, "eval_every_s": 0.0,
     "eval_every_steps": 2, "checkpoint_every_s": 0.0, "max_train_seconds": 0.0, "max_steps": 4,
     "n": 8, "m": 4, "prompts_per_step": 4, "micro_batch_size": 4, "lr": 1e-4,
@@ -38,7 +44,7 @@ def tiny(cache_dir):
     from podslib.models import load_policy
     from podslib.sft import tiny_base
 
-    return load_policy(tiny_base(easy(cache_dir), cache_dir))
+    return load_policy(tiny_base(easy(cache_dir).tiny, cache_dir))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -47,17 +53,17 @@ def tiny(cache_dir):
 
 def test_step_prompts_walk_a_permutation_per_epoch():
     """10 prompts, 4 per step: steps 0-1 and half of step 2 cover epoch 0 exactly once."""
-    seen = [i for s in range(5) for i in T.step_prompt_indices(s, 4, 10, seed=3)]
+    seen = [i for s in range(5) for i in step_prompt_indices(s, 4, 10, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert seen[:10] != seen[10:20]                       # a fresh order per epoch
-    assert T.step_prompt_indices(2, 4, 10, 3) == seen[8:12]
-    assert T.step_prompt_indices(0, 4, 10, 4) != seen[:4]
+    assert step_prompt_indices(2, 4, 10, 3) == seen[8:12]
+    assert step_prompt_indices(0, 4, 10, 4) != seen[:4]
 
 
 def test_derive_seed_is_stable_and_distinct():
-    assert T.derive_seed(0, "rollout", 1, 2) == T.derive_seed(0, "rollout", 1, 2)
-    assert len({T.derive_seed(0, "rollout", 1, j) for j in range(100)}) == 100
-    assert 0 <= T.derive_seed("x") < 2**62
+    assert derive_seed(0, "rollout", 1, 2) == derive_seed(0, "rollout", 1, 2)
+    assert len({derive_seed(0, "rollout", 1, j) for j in range(100)}) == 100
+    assert 0 <= derive_seed("x") < 2**62
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,7 +72,7 @@ def test_derive_seed_is_stable_and_distinct():
 
 def test_vanilla_grpo_keeps_all_rollouts_in_order():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    keep, idx, adv = T.select_rollouts(rewards, Config(n=4, m=4), step=0)
+    keep, idx, adv = S.select_rollouts(rewards, Config(n=4, m=4), step=0)
     assert keep.tolist() == [True] and idx.tolist() == [[0, 1, 2, 3]]
     # mean 0.5, unbiased std sqrt(1/3): A = +-0.5 / (0.57735 + 1e-4)
     assert torch.allclose(adv, torch.tensor([[1, -1, -1, 1]]) * 0.5 / (math.sqrt(1 / 3) + 1e-4))
@@ -75,20 +81,20 @@ def test_vanilla_grpo_keeps_all_rollouts_in_order():
 def test_pods_selects_max_variance_and_normalises_over_selection():
     """n = 6 with rewards [1,1,1,1,0,1], m = 2: the max-variance pair is one 1 and the 0."""
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0]])
-    _, idx, adv = T.select_rollouts(rewards, Config(n=6, m=2), step=0)
+    _, idx, adv = S.select_rollouts(rewards, Config(n=6, m=2), step=0)
     assert sorted(rewards[0, idx[0]].tolist()) == [0.0, 1.0]
     # selected {1, 0}: mean 0.5, std sqrt(0.5) -> A = +-0.5 / (0.70711 + 1e-4)
     expected = 0.5 / (math.sqrt(0.5) + 1e-4)
     assert torch.allclose(adv.abs(), torch.full((1, 2), expected))
     # over all n: mean 5/6, std sqrt(1/6): the 0 gets -(5/6) / (0.40825 + 1e-4)
-    _, idx_all, adv_all = T.select_rollouts(rewards, Config(n=6, m=2, adv_over="all"), step=0)
+    _, idx_all, adv_all = S.select_rollouts(rewards, Config(n=6, m=2, adv_over="all"), step=0)
     low = adv_all[0, rewards[0, idx_all[0]] == 0]
     assert torch.allclose(low, torch.tensor([-(5 / 6) / (math.sqrt(1 / 6) + 1e-4)]))
 
 
 def test_zero_variance_filter_drops_uniform_groups():
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
-    keep, _, _ = T.select_rollouts(rewards, Config(n=4, m=2, group_filter="zero_variance"), 0)
+    keep, _, _ = S.select_rollouts(rewards, Config(n=4, m=2, group_filter="zero_variance"), 0)
     assert keep.tolist() == [False, True]
 
 
@@ -105,7 +111,7 @@ def _groups():
 def test_build_batch_pads_prompts_left_and_completions_right():
     idx = torch.tensor([[1, 0], [0, 1]])
     adv = torch.tensor([[0.5, -0.5], [1.0, -1.0]])
-    batch = T.build_batch(_groups(), idx, adv, torch.tensor([True, True]), pad_id=0)
+    batch = B.build_batch(_groups(), idx, adv, torch.tensor([True, True]), pad_id=0)
     assert batch.prompt_len == 3
     assert batch.input_ids.tolist() == [[11, 12, 13, 9, 0, 0], [11, 12, 13, 7, 8, 2],
                                         [0, 0, 14, 5, 6, 0], [0, 0, 14, 7, 8, 2]]
@@ -113,7 +119,7 @@ def test_build_batch_pads_prompts_left_and_completions_right():
                                              [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
     assert batch.completion_mask.tolist() == [[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]]
     assert batch.advantages.tolist() == [0.5, -0.5, 1.0, -1.0]
-    dropped = T.build_batch(_groups(), idx, adv, torch.tensor([False, True]), pad_id=0)
+    dropped = B.build_batch(_groups(), idx, adv, torch.tensor([False, True]), pad_id=0)
     assert len(dropped) == 2 and dropped.prompt_len == 1
 
 
@@ -121,9 +127,9 @@ def test_completion_logprobs_match_unpadded_forward(tiny):
     """Brute force: each row alone, without padding, through the model and log_softmax."""
     model, _ = tiny
     model.eval()
-    batch = T.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]), torch.zeros(2, 2),
+    batch = B.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]), torch.zeros(2, 2),
                           torch.tensor([True, True]), pad_id=0)
-    got = T.completion_logprobs(model, batch)
+    got = B.completion_logprobs(model, batch)
     rows = [([11, 12, 13], [9]), ([11, 12, 13], [7, 8, 2]), ([14], [5, 6]), ([14], [7, 8, 2])]
     with torch.no_grad():
         for r, (prompt, comp) in enumerate(rows):
@@ -139,14 +145,14 @@ def test_micro_batching_gives_the_full_batch_gradient(tiny, cache_dir):
 
     model, _ = tiny
     model.train()
-    batch = T.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]),
+    batch = B.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]),
                           torch.tensor([[0.5, -0.5], [1.0, -1.0]]), torch.tensor([True, True]), 0)
     grads = []
     for size in (4, 1):
         model.zero_grad()
         tokens = int(batch.completion_mask.sum())
-        for mb in T.micro_batches(batch, size):
-            lp = T.completion_logprobs(model, mb)
+        for mb in B.micro_batches(batch, size):
+            lp = B.completion_logprobs(model, mb)
             loss, _ = grpo_loss(lp, lp.detach(), mb.advantages, mb.completion_mask,
                                 aggregation="grpo", total_sequences=len(batch),
                                 total_tokens=tokens)
@@ -185,12 +191,12 @@ def test_resume_with_another_config_fails_before_model_load(no_model_load, tmp_p
     run = tmp_path / "run"
     run.mkdir()
     easy(cache_dir).to_yaml(run / "config.yaml")
-    with pytest.raises(ValueError, match=r"field\(s\) n, lr;"):
+    with pytest.raises(ValueError, match=r"different config \(fields n, lr\)"):
         T.train(easy(cache_dir, n=16, lr=5e-4), run, resume=True)
-    with pytest.raises(ValueError, match="already holds a run"):
+    with pytest.raises(ValueError, match="holds an interrupted run; resume it"):
         (run / "metrics.jsonl").write_text("")
         T.train(easy(cache_dir), run)
-    with pytest.raises(ValueError, match=r"config.yaml that differs in field\(s\) seed;"):
+    with pytest.raises(ValueError, match=r"different config \(fields seed\)"):
         (run / "metrics.jsonl").unlink()
         T.train(easy(cache_dir, seed=5), run)
     assert Config.from_yaml(run / "config.yaml") == easy(cache_dir)
@@ -243,20 +249,38 @@ def test_lora_with_kl_and_several_iterations(tmp_path, cache_dir):
 
 
 def test_command_line_values_parse_as_yaml_with_plain_exponents():
-    assert T._parse_value("2e-4") == 2e-4 and T._parse_value("16") == 16
-    assert T._parse_value("max_variance") == "max_variance"
-    assert T._parse_value("{correctness: 1.0}") == {"correctness": 1.0}
-    assert T._parse_value("null") is None and T._parse_value("true") is True
-
-
-def test_command_line_takes_flags_and_overrides_in_any_order(tmp_path):
-    config = tmp_path / "c.yaml"
-    easy(tmp_path).to_yaml(config)
-    cfg, args = T.parse_command_line([str(config), "run", "--no-progress", "seed=3", "--resume",
-                                      "lr=2e-4"])
-    assert (cfg.seed, cfg.lr, args.run_dir, args.resume, args.no_progress) == (
-        3, 2e-4, "run", True, True)
+    assert parse_yaml_value("2e-4") == 2e-4 and parse_yaml_value("16") == 16
+    assert parse_yaml_value("max_variance") == "max_variance"
+    assert parse_yaml_value("{correctness: 1.0}") == {"correctness": 1.0}
+    assert parse_yaml_value("null") is None and parse_yaml_value("true") is True
+    assert parse_overrides(["lr=2e-4", "tiny.hidden=64"]) == {"lr": 2e-4, "tiny.hidden": 64}
     with pytest.raises(ValueError, match="overrides must be key=value; got 'seed'"):
-        T.parse_command_line([str(config), "run", "seed"])
-    with pytest.raises(ValueError, match="nope"):
-        T.parse_command_line([str(config), "run", "nope=1"])
+        parse_overrides(["seed"])
+    with pytest.raises(ValueError, match="'{' is not a valid YAML value"):
+        parse_overrides(["n={"])
+
+
+@pytest.mark.slow
+def test_a_rule_and_a_reward_term_registered_here_train_through_config(tmp_path, cache_dir):
+    """One decorated function each, nothing else: Config accepts them (it asks the registries)
+    and the trainer uses them. The rule keeps the m lowest rewards, so every selected reward is
+    at most the group's median; the term pays 1 per completion, so every reward is >= 1."""
+    from podslib.rewards import term
+    from podslib.selection import rule
+
+    @rule("test_lowest")
+    def _lowest(rewards, m, generator=None):
+        """[G, n] -> [G, m] the m lowest rewards."""
+        return rewards.argsort(dim=-1, stable=True)[..., :m]
+
+    @term("test_constant")
+    def _constant(completion, gold, task):
+        return 1.0
+
+    cfg = easy(cache_dir, rule="test_lowest", max_steps=2, eval_every_steps=0,
+               reward_weights={"correctness": 1.0, "test_constant": 1.0})
+    T.train(cfg, tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    for x in lines:
+        assert x["reward_mean_all"] >= 1.0 and x["reward_mean_sel"] <= x["reward_mean_all"]

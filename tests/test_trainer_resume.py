@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file
 from test_trainer import easy
 
+from podslib import rundir
+
 NOT_DETERMINISTIC = ("wall_s", "train_time_s", "eval_s")
 
 
@@ -38,7 +40,7 @@ def records(path: Path) -> list[dict]:
 
 
 def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
-    (ckpt,) = (run_dir / "checkpoints").glob("step-*")
+    ckpt = rundir.checkpoints(run_dir)[-1]
     return torch.load(ckpt / "trainable.pt")
 
 
@@ -61,7 +63,7 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run(tmp_path, tmp_path_f
     proc.wait()
     before = {name: (run / name).read_text().splitlines() for name in ("metrics.jsonl",
                                                                         "eval.jsonl")}
-    (ckpt,) = (run / "checkpoints").glob("step-*")
+    ckpt = rundir.checkpoints(run)[-1]
     assert int(ckpt.name.split("-")[1]) < 8, "killed after the end: nothing to resume"
 
     finish(launch(config, run, "--resume"))

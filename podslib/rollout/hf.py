@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from ..seeding import derive_seed
 from .base import Completion, Engine, Group, SamplingParams, check_generate_args, split_completion
 
 
@@ -76,11 +77,6 @@ class Piece:
     generator: torch.Generator
 
 
-def derive_seeds(seed: int, count: int) -> list[int]:
-    """`count` seeds drawn from `seed`."""
-    return torch.randint(0, 2**62, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
 def split_rows(n: int, size: int) -> list[int]:
     """n rows in pieces of at most `size`: split_rows(5, 2) == [2, 2, 1]."""
     return [min(size, n - start) for start in range(0, n, size)]
@@ -120,7 +116,7 @@ class HFEngine(Engine):
         self.policy = policy
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.seeds = torch.Generator().manual_seed(seed)
+        self.seed, self.calls = seed, 0     # seedless calls draw derive_seed(seed, "call", k)
         eos = policy.generation_config.eos_token_id
         eos = list(eos) if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []
         self.eos_ids = sorted({tokenizer.eos_token_id, *eos} - {None})
@@ -136,14 +132,14 @@ class HFEngine(Engine):
             raise RuntimeError("this hf engine is closed; make a new one with make_engine")
         if seeds is None:
             seed = sampling.seed if sampling.seed is not None else self._next_seed()
-            seeds = derive_seeds(seed, len(prompts))
+            seeds = [derive_seed(seed, "prompt", i) for i in range(len(prompts))]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         device = next(self.policy.parameters()).device
         split = split_rows(n, self.max_batch_size)
         pieces = [
-            Piece(i, rows, torch.Generator(device=device).manual_seed(piece_seed))
+            Piece(i, rows, torch.Generator(device=device).manual_seed(derive_seed(seed, "piece", k)))
             for i, seed in enumerate(seeds)
-            for rows, piece_seed in zip(split, derive_seeds(seed, len(split)))
+            for k, rows in enumerate(split)
         ]
         completions: list[list[Completion]] = [[] for _ in prompts]
         was_training = self.policy.training
@@ -159,7 +155,8 @@ class HFEngine(Engine):
         return [Group(p, row, comps) for p, row, comps in zip(prompts, ids, completions)]
 
     def _next_seed(self) -> int:
-        return int(torch.randint(0, 2**62, (1,), generator=self.seeds))
+        self.calls += 1
+        return derive_seed(self.seed, "call", self.calls)
 
     def _generate_chunk(
         self, chunk: list[Piece], ids: list[list[int]], sampling: SamplingParams

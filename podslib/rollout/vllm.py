@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..models import merged_state_dict, resolve_model_path
+from ..seeding import derive_seed
 from .base import Completion, Engine, Group, SamplingParams, check_generate_args
 
 
@@ -90,8 +91,7 @@ class VLLMEngine(Engine):
         if not prompts:
             return []
         if seeds is None and sampling.seed is not None:
-            gen = torch.Generator().manual_seed(sampling.seed)
-            seeds = torch.randint(0, 2**62, (len(prompts),), generator=gen).tolist()
+            seeds = [derive_seed(sampling.seed, "prompt", i) for i in range(len(prompts))]
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         per_request = 1 if sampling.greedy else n  # vLLM refuses n > 1 with greedy decoding
         params = [

@@ -1,0 +1,49 @@
+"""The examples a run trains and evaluates on, and which prompts each step draws.
+
+Everything here depends only on the config and the step, never on the rank split or on what
+ran before, so a resumed or data-parallel run sees exactly the prompts of an uninterrupted
+single-process one, and every variant of one seed sees the same prompts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import Config, TinySettings
+from .seeding import derive_seed
+from .tasks import Example, load_task, make_arith
+
+
+def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int = 0
+                   ) -> list[Example]:
+    """Distinct arith problems of `split` with the tiny settings' difficulty: `limit` of them,
+    capped at a third of the expressions that exist (make_arith needs distinct problems, and
+    about a tenth of all expressions belong to the test split)."""
+    width = tiny.operand_max - tiny.operand_min + 1
+    exist = sum(width ** (k + 1) * 2 ** k for k in range(tiny.steps_min, tiny.steps_max + 1))
+    cap = exist // 3 if split == "train" else exist // 30
+    return make_arith(min(limit or cap, cap), seed=seed, split=split,
+                      steps=(tiny.steps_min, tiny.steps_max),
+                      operand_range=(tiny.operand_min, tiny.operand_max))
+
+
+def load_examples(cfg: Config, split: str) -> list[Example]:
+    """The task's examples for `split` (train_size / test_size of them). Arith problems come from
+    a fixed seed, so every run of an experiment sees the same problems whatever cfg.seed."""
+    limit = cfg.train_size if split == "train" else cfg.test_size
+    if cfg.task == "arith":
+        return arith_examples(cfg.tiny, split, limit)
+    task = "math500" if cfg.task == "math" and split == "test" else cfg.task
+    source = cfg.train_source if split == "train" else cfg.test_source
+    return load_task(task, split, source=source, limit=limit, seed=0)
+
+
+def step_prompt_indices(step: int, prompts_per_step: int, n_prompts: int, seed: int) -> list[int]:
+    """Global dataset indices of the prompts of `step` (0-based): walk through a fresh seeded
+    permutation of the data set per epoch, so the data position is just the step."""
+    out = []
+    for pos in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+        epoch, offset = divmod(pos, n_prompts)
+        order = np.random.default_rng(derive_seed(seed, "epoch", epoch)).permutation(n_prompts)
+        out.append(int(order[offset]))
+    return out
