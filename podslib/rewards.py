@@ -1,17 +1,20 @@
 """Answer extraction, graders and reward terms (docs/method.md, "Rewards"; docs/grading.md).
 
-Graders never raise and stay bounded in time on any input:
+One completion yields exactly one answer and only that answer is graded (docs/grading.md):
 
-- GSM8K and arith: pure string work with linear-time regexes; numbers are compared exactly as
-  fractions (digit counts are capped, so "10**10**10"-style strings cannot blow up).
-- MATH: math-verify (`parse` the gold first, then `verify(gold, answer)`, which is not symmetric),
-  run in a worker process under a hard per-completion deadline. Signal-based timeouts (what
-  math-verify uses by default) only work in the main thread and cannot interrupt C code such as a
-  huge integer power; a worker process can always be killed.
+- GSM8K and arith: the first answer field (`#### x` line, `<answer>` block, last `\\boxed{}`,
+  "The answer is x" line) that holds a number, else the last number of the text; a field with
+  two different numbers is a hedge and no answer. Numbers (decimals, thousands commas, 1/2,
+  1.5e6, any script's digits) are compared exactly as fractions within ABS_TOL, with capped
+  digit counts so that "10**10**10"-style strings cannot blow up.
+- MATH: math-verify (`parse` the gold first, then `verify(gold, answer)`, which is not symmetric)
+  on the one extracted answer, in a worker process under a hard per-completion deadline:
+  math-verify's signal timeouts only work in the main thread and cannot interrupt C code such
+  as a huge integer power; a worker process can always be killed.
 
+Graders never raise, and are linear-time (numeric) or bounded by the deadline (MATH).
 Reward terms of the official one-GPU recipe (maximum 1.2): correctness 1.0, format 0.1, tags 0.1;
-the multi-GPU recipe adds strict_format (0/1). `score_batch` scores a whole step's [G][n]
-completions in one call.
+the multi-GPU recipe adds strict_format (0/1). `score_batch` scores a step's [G][n] completions.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import multiprocessing
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from decimal import Decimal, InvalidOperation
+import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from fractions import Fraction
 
 import torch
@@ -34,18 +37,39 @@ GRADERS = Registry("task")
 # name -> fn(completion, gold, task) -> float: the terms a reward is a weighted sum of
 REWARD_TERMS = Registry("reward_weights key")
 
-MAX_NUMBER_DIGITS = 60          # longer numbers are compared as strings, never converted
-MAX_MATH_CHARS = 4000           # math-verify sees at most the last 4000 characters of a completion
+MAX_NUMBER_DIGITS = 60          # longer numbers compare as strings; a longer fraction or exponent: unread
+MAX_MATH_CHARS = 4000           # math-verify sees at most 4000 characters of a completion
 MATH_TIMEOUT_S = 5.0            # hard limit per MATH completion (parse + verify)
 ABS_TOL = Fraction(1, 10**6)    # numeric tolerance (absolute: 1450000 != 1450001)
 
 # --------------------------------------------------------------------------- text helpers
 
-_NUMBER = re.compile(r"(?<![\d.])[-+]?\d+(?:,\d{3})*(?:\.\d+)?")
-_CURRENCY = "$€£¥₹¢"
+_OTHER_DIGITS = re.compile(r"[^\D0-9]")     # `\d` is Unicode: decimal digits of other scripts
+_CURRENCY = re.compile("[$€£¥₹¢]")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[0-9]+)\s*\}\{\s*([0-9]+)\s*\}")
+_NUMBER = re.compile(                       # one number token; ASCII digits only
+    r"(?<![0-9.,/])[-+]?"
+    r"(?:[0-9]+/[0-9]+"                                              # 1/2
+    r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"       # 1,234.5 or 1.5e6
+    r"(?![0-9]|[.,/][0-9]|[eE][-+]?[0-9])"  # never a prefix: 1/2/3, 1,2, 1.2.3 are no number
+)
 _HASHES = re.compile(r"####\s*([^\n]*)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\{")
 _ANSWER_IS = re.compile(r"answer is[:\s]*([^\n]*)", re.IGNORECASE)
+_MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # $ (not \$), \( or \[
+
+
+def _ascii_digits(text: str) -> str:
+    """`text` with every Unicode decimal digit ('٥' Arabic-Indic, '５' fullwidth, '५' Devanagari)
+    replaced by the ASCII digit of the same value; other characters unchanged."""
+    if text.isascii():
+        return text
+    return _OTHER_DIGITS.sub(lambda m: str(unicodedata.decimal(m.group())), text)
+
+
+def _prepare(text: str) -> str:
+    """Numeric-task text: ASCII digits, no currency symbols, \\frac{a}{b} written a/b."""
+    return _LATEX_FRAC.sub(r"\1/\2", _CURRENCY.sub("", _ascii_digits(text)))
 
 
 def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
@@ -85,35 +109,64 @@ def answer_block(text: str) -> str | None:
     return None if block is None else block.strip()
 
 
-def _numbers(text: str) -> list[str]:
-    return _NUMBER.findall(text)
+# --------------------------------------------------------------------------- numbers
+
+def _decimal_text(sign: str, whole: str, frac: str) -> str:
+    """Canonical decimal: no leading or trailing zeros, no sign on zero ("-007.50" -> "-7.5")."""
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    text = whole + ("." + frac if frac else "")
+    return text if text == "0" else sign + text
+
+
+def _fraction_text(value: Fraction) -> str:
+    """Decimal text when the expansion terminates (1/2 -> "0.5"), else "p/q" in lowest terms."""
+    q = value.denominator
+    twos = (q & -q).bit_length() - 1
+    rest, fives = q >> twos, 0
+    while rest % 5 == 0:
+        rest, fives = rest // 5, fives + 1
+    if rest != 1:
+        return f"{value.numerator}/{q}"
+    places = max(twos, fives)
+    digits = str(abs(value.numerator) * 10**places // q).rjust(places + 1, "0")
+    cut = len(digits) - places
+    return _decimal_text("-" if value < 0 else "", digits[:cut], digits[cut:])
+
+
+def _read(token: str) -> str | None:
+    """Canonical text of one `_NUMBER` token, or None when it has no value here: a zero
+    denominator, a fraction longer than MAX_NUMBER_DIGITS characters, |exponent| above it."""
+    sign = "-" if token[0] == "-" else ""
+    body = token.lstrip("+-")
+    if "/" in body:
+        num, den = body.split("/")
+        if len(body) > MAX_NUMBER_DIGITS or not den.strip("0"):
+            return None
+        return _fraction_text(Fraction(int(sign + num), int(den)))
+    mantissa, _, exponent = body.lower().partition("e")
+    if len(exponent.lstrip("+-").lstrip("0")) > 3 or abs(int(exponent or 0)) > MAX_NUMBER_DIGITS:
+        return None
+    whole, _, frac = mantissa.replace(",", "").partition(".")
+    point = len(whole) + int(exponent or 0)              # decimal point position in the digits
+    digits = ("0" * -point + whole + frac) if point < 0 else (whole + frac).ljust(point, "0")
+    point = max(point, 0)
+    return _decimal_text(sign, digits[:point], digits[point:])
 
 
 def normalize_number(text: str) -> str | None:
-    """Canonical form of a number written as text, or None if it is not a single number.
+    """Canonical text of `text` if it is exactly one number, else None.
 
-    Strips whitespace, currency symbols, thousands commas, a trailing '%' or '.', a leading '+';
-    "18.00" -> "18", "1,000" -> "1000", "-3.50" -> "-3.5".
+    Ignores surrounding whitespace, currency symbols, a trailing '%' or '.'; reads any script's
+    decimal digits, thousands commas, decimals, fractions and scientific notation:
+    "$1,000" -> "1000", "18.00" -> "18", "+7" -> "7", "1/2" -> "0.5", "1/3" -> "1/3",
+    "1.5e3" -> "1500", "٥" -> "5"; "1 000", "5 or 7", "1e999" -> None.
     """
-    s = text.strip().replace(",", "").replace(" ", "")
-    for ch in _CURRENCY:
-        s = s.replace(ch, "")
-    s = s.rstrip(".%").lstrip("+")
-    if not re.fullmatch(r"-?\d+(?:\.\d+)?", s):
-        return None
-    sign, digits = ("-", s[1:]) if s.startswith("-") else ("", s)
-    whole, _, frac = digits.partition(".")
-    canonical = (whole.lstrip("0") or "0") + ("." + frac.rstrip("0") if frac.rstrip("0") else "")
-    return canonical if canonical == "0" else sign + canonical
+    s = _prepare(text).strip().rstrip(".%")
+    return _read(s) if _NUMBER.fullmatch(s) else None
 
 
 def _to_fraction(canonical: str) -> Fraction | None:
-    if len(canonical) > MAX_NUMBER_DIGITS:
-        return None
-    try:
-        return Fraction(Decimal(canonical))
-    except (InvalidOperation, ValueError):
-        return None
+    return None if len(canonical) > MAX_NUMBER_DIGITS else Fraction(canonical)
 
 
 def numbers_equal(a: str, b: str) -> bool:
@@ -128,51 +181,56 @@ def numbers_equal(a: str, b: str) -> bool:
 
 # --------------------------------------------------------------------------- extraction
 
-def _first_number(text: str) -> str | None:
-    found = _NUMBER.search(text.replace("$", ""))
-    return None if found is None else normalize_number(found.group())
+def _answer_fields(text: str) -> Iterator[str]:
+    """A numeric completion's answer fields in search order, each found only when reached: the
+    rest of the line after the last `####`, the last <answer> block, the last \\boxed{}, the rest
+    of the line after the last "answer is"."""
+    hashes = _HASHES.findall(text)
+    if hashes:
+        yield hashes[-1]
+    for find in (answer_block, last_boxed):
+        content = find(text)
+        if content is not None:
+            yield content
+    said = _ANSWER_IS.findall(text)
+    if said:
+        yield said[-1]
 
 
 def _numeric_answer(text: str) -> str | None:
-    """GSM8K/arith search order: `#### x`, `<answer>x</answer>`, `\\boxed{x}`, "The answer is x",
-    else the last number in the text."""
-    hashes = _HASHES.findall(text)
-    if hashes and (n := _first_number(hashes[-1])) is not None:
-        return n
-    for content in (answer_block(text), last_boxed(text)):
-        if content is not None:
-            whole = normalize_number(content)
-            if whole is not None:
-                return whole
-            nums = _numbers(content)
-            if nums:
-                return normalize_number(nums[-1])
-    said = _ANSWER_IS.findall(text)
-    if said and (n := _first_number(said[-1])) is not None:
-        return n
-    nums = _numbers(text)
-    return normalize_number(nums[-1]) if nums else None
+    """GSM8K/arith, on `_prepare`d text: the first answer field that holds a number decides. Its
+    answer is that number when all its numbers are equal; two different numbers (a hedge) or an
+    unreadable one make no answer. With no such field, the last number in the text."""
+    for field in _answer_fields(text):
+        values = {_read(token) for token in set(_NUMBER.findall(field))}
+        if values:
+            return values.pop() if len(values) == 1 else None
+    tokens = _NUMBER.findall(text)
+    return _read(tokens[-1]) if tokens else None
 
 
 def _math_answer(text: str) -> str | None:
-    """MATH: the `<answer>` block (its \\boxed content if it has one), else the last \\boxed."""
+    """MATH: the last <answer> block (the content of its \\boxed{} if it holds exactly one), else
+    the content of the last \\boxed{}; None without either."""
     block = answer_block(text)
     if block is not None:
         inner = last_boxed(block)
-        return inner.strip() if inner is not None else block
+        single = inner is not None and len(_BOXED.findall(block)) == 1
+        return inner.strip() if single else block
     boxed = last_boxed(text)
     return None if boxed is None else boxed.strip()
 
 
 def extract_answer(text: str, task: str) -> str | None:
-    """The final answer written in `text` for `task`, normalised for numeric tasks; None if none.
-
-    Never raises: non-str input or an unknown task give None.
-    """
+    """The one answer written in `text` for `task` (canonical number for numeric tasks, ASCII
+    digits for all), or None if it has none. Never raises: non-str input or an unknown task
+    give None."""
     if not isinstance(text, str) or task not in GRADERS:
         return None
     try:
-        return _math_answer(text) if task in ("math", "math500") else _numeric_answer(text)
+        if task in ("math", "math500"):
+            return _math_answer(_ascii_digits(text))
+        return _numeric_answer(_prepare(text))
     except Exception:  # noqa: BLE001 - a grader must never take the training run down
         return None
 
@@ -180,39 +238,31 @@ def extract_answer(text: str, task: str) -> str | None:
 # --------------------------------------------------------------------------- grading
 
 def _numeric_correct(completion: str, gold: str) -> bool:
-    """Correct on the extracted answer, the whole text, the <answer> block, or the last number."""
-    want = normalize_number(gold)
-    if want is None:
-        return False
-    nums = _numbers(completion)
-    candidates = (
-        _numeric_answer(completion),
-        normalize_number(completion),
-        normalize_number(answer_block(completion) or ""),
-        normalize_number(nums[-1]) if nums else None,
-    )
-    return any(c is not None and numbers_equal(c, want) for c in candidates)
+    """True when the one extracted answer equals the gold number (within ABS_TOL)."""
+    want, got = normalize_number(gold), _numeric_answer(_prepare(completion))
+    return want is not None and got is not None and numbers_equal(got, want)
 
 
-def _math_candidates(completion: str) -> list[str]:
-    block = answer_block(completion)
-    tail = completion[-MAX_MATH_CHARS:]
-    return ([f"${block[:MAX_MATH_CHARS]}$"] if block else []) + [tail]
+def _math_candidate(completion: str) -> str:
+    """The one string math-verify parses: the extracted answer in $...$ (as it is if it has its
+    own math delimiters; an escaped \\$ is not one), else the completion's last MAX_MATH_CHARS
+    characters, from which math-verify extracts one answer itself (several expressions there
+    form one set)."""
+    answer = _math_answer(completion)
+    if answer is None:
+        return completion[-MAX_MATH_CHARS:]
+    answer = answer[:MAX_MATH_CHARS]
+    return answer if _MATH_DELIMITER.search(answer) else f"${answer}$"
 
 
 def _math_verify(completion: str, gold: str) -> bool:
-    """math-verify without its own (signal) timeouts; run it under `_run_limited`."""
+    """math-verify without its own (signal) timeouts; run it under `_MathPool`."""
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice
     gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-    if not gold_parsed:
-        return False
-    for candidate in _math_candidates(completion):
-        answer = parse(candidate, parsing_timeout=None)
-        if answer and verify(gold_parsed, answer, timeout_seconds=None):
-            return True
-    return False
+    answer = parse(_math_candidate(completion), parsing_timeout=None)
+    return bool(gold_parsed and answer and verify(gold_parsed, answer, timeout_seconds=None))
 
 
 def _math_verify_safe(pair: tuple[str, str]) -> bool:
@@ -290,10 +340,11 @@ def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 
                timeout: float = MATH_TIMEOUT_S) -> list[bool]:
     """math-verify grades for aligned completions and golds, each under a hard `timeout` (s).
 
-    Works from any thread: the work runs in `workers` worker processes.
+    Works from any thread: the work runs in `workers` worker processes. Decimal digits of any
+    script are read as ASCII digits (in the completion and the gold), as for numeric tasks.
     """
-    pairs = [(c, g) if isinstance(c, str) and isinstance(g, str) else ("", "") for c, g in
-             zip(completions, golds, strict=True)]
+    pairs = [(_ascii_digits(c), _ascii_digits(g)) if isinstance(c, str) and isinstance(g, str)
+             else ("", "") for c, g in zip(completions, golds, strict=True)]
     return _MATH_POOL.grade(pairs, max(1, workers), timeout)
 
 
@@ -378,15 +429,41 @@ def _strict_format(completion: str, gold: str, task: str) -> float:
     return float(ok)
 
 
+def _misfit(value: object, path: str, types: tuple) -> tuple[str, object] | None:
+    """(path, item) of the first item of a nested `value` not of the types of its level
+    (types[0] for value, types[1] for its items, ...), or None if all fit."""
+    if not isinstance(value, types[0]):
+        return path, value
+    for i, item in enumerate(value if len(types) > 1 else ()):
+        if (found := _misfit(item, f"{path}[{i}]", types[1:])) is not None:
+            return found
+    return None
+
+
+def _check_batch(completions: Sequence[Sequence[str]], golds: Sequence[str]) -> None:
+    """ValueError naming the parameter unless completions is [G][n] strings and golds [G] strings
+    (lists or tuples; a bare string is not a list of completions)."""
+    lists = (list, tuple)
+    for name, value, types, wanted in (
+        ("completions", completions, (lists, lists, str),
+         "a list with one list of completion strings per prompt"),
+        ("golds", golds, (lists, str), "a list of gold answer strings, one per prompt"),
+    ):
+        if (found := _misfit(value, name, types)) is not None:
+            path, item = found
+            got = "got" if path == name else f"{path} is"
+            raise ValueError(f"{name} must be {wanted}; {got} {type(item).__name__}")
+
+
 def score_batch(completions: Sequence[Sequence[str]], golds: Sequence[str], task: str,
                 weights: Mapping[str, float] | None = None,
                 workers: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Scores a step's completions.
 
     Args:
-        completions: [G][n] texts (n completions for each of G prompts; n may differ per group
-            only if all groups have the same length, since the output is a [G, n] tensor).
-        golds: [G] gold answers.
+        completions: [G][n] strings, a list (or tuple) of one list of n completions per prompt;
+            every group has the same n, since the output is a [G, n] tensor.
+        golds: [G] gold answer strings.
         task: "gsm8k", "math", "math500" or "arith".
         weights: term name -> weight (default {"correctness": 1.0}).
         workers: processes for MATH grading (default: min(8, cpu count)); numeric tasks are
@@ -396,6 +473,7 @@ def score_batch(completions: Sequence[Sequence[str]], golds: Sequence[str], task
         rewards: [G, n] float32 weighted sum; terms: name -> [G, n] unweighted values, always
         including "correctness".
     """
+    _check_batch(completions, golds)
     weights = {"correctness": 1.0} if weights is None else dict(weights)
     for name in weights:
         REWARD_TERMS.check(name)
@@ -423,8 +501,6 @@ def score_batch(completions: Sequence[Sequence[str]], golds: Sequence[str], task
 
 
 def _safe_term(fn: Callable[[str, str, str], float], completion: str, gold: str, task: str) -> float:
-    if not isinstance(completion, str) or not isinstance(gold, str):
-        return 0.0
     try:
         return float(fn(completion, gold, task))
     except Exception:  # noqa: BLE001

@@ -6,6 +6,8 @@ loop over groups; rules live in the `RULES` registry (one function plus one deco
 max_variance is the paper's rule. The size-m subset with the largest variance is always the k
 highest plus the (m - k) lowest rewards for some k in 0..m, so after one stable descending sort
 all m + 1 candidates are scored at once from prefix sums of r and r^2: O(n log n) per group.
+Each row is first scaled by a power of two (exact, argmax unchanged), so that r^2 neither
+overflows nor underflows for any finite float64 rewards.
 
 Conventions (shared by `subset_variance`):
 - variance is the unbiased (ddof = 1) sample variance; a one-element subset has variance 0;
@@ -52,8 +54,29 @@ def _check_m(m: int, n: int) -> None:
         raise ValueError(f"m must be an integer with 1 <= m <= n = {n}; got {m!r}")
 
 
+def _pow2(exponent: Tensor) -> Tensor:
+    """2.0**exponent as float64, built from its bits (exact), for integers in [-1022, 1023]."""
+    return ((exponent + 1023) << 52).view(torch.float64)
+
+
+def _unit_scale(ranked: Tensor) -> Tensor:
+    """[G, n] float64 sorted rows, each multiplied in place by the power of two that brings its largest
+    |r| into [0.5, 1).
+
+    The argmax of the variance is invariant to scaling a row by a positive constant, and a power
+    of two scales exactly, so every finite input (1e300 or 1e-300 alike) selects what it would
+    in exact arithmetic, with no overflow or underflow in the squares. The factor is applied in
+    two halves because 2**1073 (for a subnormal peak) is itself not a float64.
+    """
+    peak = torch.maximum(ranked[:, :1].abs(), ranked[:, -1:].abs())  # [G, 1], rows are sorted
+    exponent = torch.frexp(peak).exponent.long()  # peak = mantissa * 2**exponent; 0 for 0
+    half = exponent.div(2, rounding_mode="floor")  # both halves lie in [-537, 537]
+    return ranked.mul_(_pow2(-half)).mul_(_pow2(half - exponent))
+
+
 def candidate_variances(rewards: Tensor, m: int) -> tuple[Tensor, Tensor]:
-    """Variances of the m + 1 candidates "k highest + (m - k) lowest", k = 0..m.
+    """Variances of the m + 1 candidates "k highest + (m - k) lowest", k = 0..m, each row
+    scaled by a power of two (`_unit_scale`: the same argmax, no overflow).
 
     Only the m highest and m lowest of the sorted rewards enter a candidate, so the prefix sums
     run over those 2m values (in float64, centred on the row mean to avoid cancellation).
@@ -68,6 +91,7 @@ def candidate_variances(rewards: Tensor, m: int) -> tuple[Tensor, Tensor]:
     ranked, order = rewards.double().sort(dim=-1, descending=True, stable=True)  # [G, n]
     if m == 1:
         return ranked.new_zeros(ranked.shape[0], 2), order
+    ranked = _unit_scale(ranked)
     ranked = ranked - ranked.mean(dim=-1, keepdim=True)  # variance is shift-invariant
     zero = ranked.new_zeros(ranked.shape[0], 1)
     top = ranked[:, :m]  # [G, m] highest first
@@ -115,7 +139,7 @@ def select(
     """Indices of the m rollouts to keep per prompt.
 
     Args:
-        rewards: [n] or [G, n] finite float rewards (binary or continuous).
+        rewards: [n] or [G, n] finite float rewards (binary or continuous, any magnitude).
         m: number to keep, 1 <= m <= n.
         rule: a name registered in RULES: "max_variance" (PODS), "max_reward", "random", ...
         generator: torch.Generator for "random" (same seed, same subsets).

@@ -15,6 +15,7 @@ from podslib.rewards import (
     is_correct,
     last_boxed,
     normalize_number,
+    numbers_equal,
     score_batch,
     start_math_pool,
 )
@@ -25,7 +26,13 @@ from podslib.rewards import (
 @pytest.mark.parametrize("text, expected", [
     ("18", "18"), ("18.00", "18"), ("$18", "18"), ("1,000", "1000"), ("-3.50", "-3.5"),
     ("+7", "7"), ("42.", "42"), ("15%", "15"), ("£2,500.0", "2500"), (" 0.25 ", "0.25"),
-    ("-0", "0"), ("007", "7"), ("1/2", None), ("abc", None), ("", None), ("1e5", None),
+    ("-0", "0"), ("007", "7"), ("abc", None), ("", None),
+    ("1/2", "0.5"), ("-6/8", "-0.75"), ("4/2", "2"), ("1/3", "1/3"), ("-2/6", "-1/3"),
+    ("\\frac{3}{4}", "0.75"), ("1/0", None), ("1/2/3", None),
+    ("1e5", "100000"), ("1.5E-3", "0.0015"), ("2.5e+1", "25"), ("1e60", "1" + "0" * 60),
+    ("1e61", None), ("1e999999", None), ("1e" + "9" * 5000, None),
+    ("1,000,000", "1000000"), ("1,00", None), ("1,0000", None), ("1 000", None), ("1.2.3", None),
+    ("٥", "5"), ("١٢٫٥", None), ("１２", "12"), ("५०", "50"), ("5 or 7", None),
 ])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
@@ -37,10 +44,16 @@ def test_normalize_number(text, expected):
     ("blah 5 <answer>\n12\n</answer> 99", "12"),           # <answer> before \boxed and last number
     ("x is \\boxed{-8} then 3", "-8"),
     ("\\boxed{\\frac{1}{2}} and \\boxed{\\text{ 40 }}", "40"),  # last \boxed, last number inside
-    ("The answer is: $56. Check: 7*8=56, 60", "56"),
+    ("The answer is: $56.\nCheck: 7*8=56, 60", "56"),        # the rest of that line only
+    ("#### Final answer\n<answer>18</answer>", "18"),      # a field without a number: next one
     ("she has 3 then 5 then 11.", "11"),
     ("no numbers here", None),
     ("#### 4\n#### 5", "5"),                                 # the last ####
+    ("#### 18 (18 apples)", "18"),                          # one number, written twice
+    ("#### 5 or 7", None), ("#### 1/2", "0.5"), ("#### 1e5", "100000"), ("#### 1e999999", None),
+    ("<answer>5</answer> 7", "5"), ("The answer is 5. Or maybe 7", None),
+    ("\\boxed{5} or \\boxed{7}", "7"),                      # the last \\boxed
+    ("#### ٥", "5"), ("<answer>１８</answer>", "18"), ("1e5", "100000"), ("5 or 7", "7"),
 ])
 def test_extract_answer_gsm8k_search_order(text, expected):
     assert extract_answer(text, "gsm8k") == expected
@@ -59,7 +72,10 @@ def test_extract_answer_math():
     ("#### -5", "-5", True), ("#### 5", "-5", False), ("#### 17", "18", False),
     ("#### 0.5", "0.50", True), ("#### 0.5000001", "0.5", True), ("#### 0.51", "0.5", False),
     ("<think>\n2*9\n</think>\n<answer>\n18\n</answer>", "18", True),
-    ("#### 5 wait no, it is 18", "18", True),                # correct on the last number
+    ("#### 5 wait no, it is 18", "18", False),               # a hedge: no answer
+    ("#### 5 wait no, it is 18", "5", False),
+    ("#### ５", "5", True), ("#### 1/2", "0.5", True), ("#### 1/2", "1", False),
+    ("#### 1e5", "100000", True), ("#### 1e5", "1", False), ("#### 1e999999", "1", False),
     ("18", "18", True), ("eighteen", "18", False), ("", "18", False),
     ("#### " + "9" * 80, "9" * 80, True), ("#### " + "9" * 80, "9" * 79 + "8", False),
 ])
@@ -199,6 +215,53 @@ def test_numeric_roundtrip(value, decimals):
 def test_math_grader_never_raises(text):
     assert grade_math([text, f"\\boxed{{{text}}}"], ["x+1"] * 2, workers=1, timeout=2.0) in (
         [a, b] for a in (True, False) for b in (True, False))
+
+
+# --------------------------------------------------------------------------- one answer each
+
+# Golds pairwise further apart than 2 * ABS_TOL, so one answer can equal at most one of them.
+GOLD_POOL = ["0", "1", "2", "5", "7", "-5", "0.5", "1/3", "12", "57", "1000", "100000"]
+FRAGMENTS = ["#### ", "<answer>", "</answer>", "\\boxed{", "}", "The answer is ", "answer is: ",
+             " or ", " and ", "\n", ". ", ", ", " ", "$", "%", "5", "7", "-5", "1/2", "1/3",
+             "0.5", "1e5", "1E999999", "1,000", "12", "57", "٥", "７", "\\frac{1}{2}", "/", "e",
+             ".", ",", "<think>", "</think>"]
+hedgy = st.lists(st.sampled_from(FRAGMENTS), max_size=12).map("".join)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(hedgy, numberish, st.text(max_size=300)))
+def test_no_completion_is_correct_for_two_golds(text):
+    """One completion, one answer: at most one gold of the pool is graded correct, and
+    is_correct says exactly whether the extracted answer equals the gold."""
+    for task in ("gsm8k", "arith"):
+        correct = [g for g in GOLD_POOL if is_correct(text, g, task)]
+        assert len(correct) <= 1, (text, correct)
+        answer = extract_answer(text, task)
+        for gold in GOLD_POOL:
+            expected = answer is not None and numbers_equal(answer, normalize_number(gold))
+            assert is_correct(text, gold, task) is expected, (text, gold)
+
+
+MATH_HEDGES = [  # (completion, the one gold of "5", "7", "\\frac{1}{2}" it answers, or None)
+    ("\\boxed{5} or \\boxed{7}", "7"),                    # the last \\boxed is the answer
+    ("<answer>5 or 7</answer>", None),                      # math-verify reads the set {5, 7}
+    ("<answer>5, 7</answer>", None),
+    ("<answer>\\boxed{5} or \\boxed{7}</answer>", None),
+    ("<answer>5</answer> \\boxed{7}", "5"),                 # the <answer> block comes first
+    ("<answer>five</answer> \\boxed{7}", None),            # the block is the answer, even if wrong
+    ("The answer is $5$ or $7$", None),                     # no block, no box: math-verify's own
+    ("x = 5 or x = 7", "7"),                                # extraction (a set; the last number)
+    ("so $\\boxed{\\frac{1}{2}}$, i.e. 5", "\\frac{1}{2}"),
+    ("<answer>\\boxed{٥}</answer>", "5"),                   # Unicode digits read as ASCII
+    ("<answer>The area is $5$.</answer>", "5"),             # its own $...$ kept as written
+]
+
+
+@pytest.mark.parametrize("completion, answers", MATH_HEDGES)
+def test_math_one_answer_per_completion(completion, answers):
+    golds = ["5", "7", "\\frac{1}{2}"]
+    graded = grade_math([completion] * len(golds), golds, workers=2)
+    assert graded == [gold == answers for gold in golds], completion
 
 
 # --------------------------------------------------------------------------- reward terms

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podslib.selection import RULES, filter_groups, select, subset_variance
+from podslib.selection import RULES, TIE_RTOL, filter_groups, select, subset_variance
 
 PROPERTY = settings(
     max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -113,6 +113,51 @@ def test_large_offset_has_no_cancellation():
         for m in (2, 4, 7):
             got = float(subset_variance(r, select(r, m)))
             assert got == pytest.approx(brute_max_variance(r, m), rel=1e-6)
+
+
+def check_against_exact_brute_force(values: list[float]) -> None:
+    """For every m: the selected subset's exact variance is the exact maximum over all C(n, m)
+    subsets, to a relative 1e-9 (the tie tolerance). Exact arithmetic, so rewards near the
+    float64 limits (whose squares overflow or underflow) are judged right."""
+    r = torch.tensor(values, dtype=torch.float64)
+    exact = [Fraction(v) for v in values]
+    for m in range(1, len(values) + 1):
+        chosen = select(r, m).tolist()
+        best = max(exact_variance([exact[i] for i in c])
+                   for c in itertools.combinations(range(len(values)), m))
+        got = exact_variance([exact[i] for i in chosen])
+        assert got >= best * (1 - Fraction(TIE_RTOL)), (values, m, chosen)
+
+
+MAGNITUDES = [1e-320, 1e-300, 1e-170, 1.0, 1e154, 1e160, 1e300, 1.7e307]
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.tuples(st.integers(-9, 9), st.sampled_from(MAGNITUDES)).map(lambda t: t[0] * t[1]),
+        min_size=1,
+        max_size=7,
+    )
+)
+def test_max_variance_equals_exact_brute_force_at_float64_extremes(values):
+    """Rewards from 1e-320 (subnormal) to 1.5e308, mixed in one row: squares would overflow
+    (above ~1e154) or underflow (below ~1e-162) without the per-row power-of-two scaling."""
+    check_against_exact_brute_force(values)
+
+
+@PROPERTY
+@given(
+    st.lists(st.floats(-100, 100, allow_nan=False, width=32), min_size=1, max_size=12),
+    st.integers(-800, 1000),
+    st.data(),
+)
+def test_max_variance_is_invariant_to_power_of_two_scaling(values, power, data):
+    """r * 2**power is exact here, and the variance's argmax does not depend on a positive
+    scale, so the selection must be identical (including the tie rule)."""
+    r = torch.tensor(values, dtype=torch.float64)
+    m = data.draw(st.integers(1, len(values)))
+    assert torch.equal(select(r * 2.0**power, m), select(r, m))
 
 
 @settings(PROPERTY, max_examples=100)
