@@ -4,6 +4,8 @@
     pods report [EXPERIMENT ...]                            rebuild figures and summary tables
     pods config CONFIG VARIANT [--seed S]                   print one run's full Config YAML
     pods reproduce                                          the tiny default end to end
+    pods paper [--data DIR] [--out DIR]                     the paper's figures and tables
+                                                            from the authors' logs
 
 Exit status: 0 on success, 1 when a run failed (the others still ran), 2 on a usage or
 configuration error (reported in one sentence, nothing run).
@@ -50,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="the tiny default end to end (results/tiny/)")
     repro.add_argument("--config", default=str(pipeline.CONFIGS / "tiny.yaml"),
                        help="grid file (default: configs/tiny.yaml)")
+    paper = sub.add_parser("paper", help="the paper's figures and summary table, recomputed "
+                           "from the authors' published logs (results/paper/)")
+    paper.add_argument("--data", default=None,
+                       help="folder of the authors' logs (default: data/pods_official)")
+    paper.add_argument("--out", default=None, help="output folder (default: results/paper)")
     return parser
 
 
@@ -61,7 +68,7 @@ def _experiments(root: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     pipeline.kernel_environment()        # before torch is imported (the warm-start runs here)
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)       # `paper` has no notebooks
     try:
         if args.command == "run":
             out = pipeline.run_grid(args.config, seeds=args.seeds, only=args.only,
@@ -77,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
                 path = pipeline.report(name, root, kernel=args.kernel, progress=progress,
                                        baseline=args.baseline)
                 print(f"report: {path}")
+            return 0
+        elif args.command == "paper":
+            from . import paper
+
+            paths = paper.write(args.data or paper.DATA, args.out or paper.OUT)
+            print(f"paper: {len(paths)} files under {paths[-1].parent}")
             return 0
         elif args.command == "config":
             grid = pipeline.load_grid(args.config)
