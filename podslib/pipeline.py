@@ -323,17 +323,20 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
 # ----------------------------------------------------------------------------------------------
 
 def report(experiment: str, results_root: str | Path = REPO / "results", kernel: str | None = None,
-           progress: bool = True, baseline: str = "grpo") -> Path:
+           progress: bool = True, baseline: str = "grpo", log=print) -> Path:
     """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
-    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced."""
+    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced. Logs
+    per variant the per-step and wall-clock speedups with their 95% intervals and verdicts."""
     exp_dir = Path(results_root).resolve() / experiment
     if not R.find_runs(exp_dir):
         raise FileNotFoundError(f"no runs under {str(exp_dir)!r}; run `pods run CONFIG` first")
     output = exp_dir / "04_plots.ipynb"
     output.unlink(missing_ok=True)
-    return execute(NOTEBOOKS / "04_plots.ipynb", output,
+    path = execute(NOTEBOOKS / "04_plots.ipynb", output,
                    {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
                     "baseline": baseline}, kernel=kernel, progress=progress)
+    log(R.report_text(R.read_summary(exp_dir), experiment, baseline))
+    return path
 
 
 def warm_start_alone(cfg: Config) -> Path:
