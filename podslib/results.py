@@ -252,12 +252,11 @@ def _variant_row(runs: pd.DataFrame, times: pd.DataFrame | None) -> dict[str, An
     first = runs.iloc[0]
     t = times.loc[first["variant"]] if times is not None and first["variant"] in times.index \
         else pd.Series(dtype=float)
-    steps = runs.sort_values("step").groupby("seed")["step"].last() if "step" in runs else None
+    steps = runs.sort_values("step").groupby("seed")["step"].last()
     return {
         "variant": first["variant"], "n": int(first["n"]), "m": int(first["m"]),
-        "rule": first["rule"], "seeds": len(a.seeds),
-        "steps": float(steps.mean()) if steps is not None else math.nan,
-        "s_per_step": S.seconds_per_step(runs) if "step" in runs else math.nan,
+        "rule": first["rule"], "seeds": len(a.seeds), "steps": float(steps.mean()),
+        "s_per_step": S.seconds_per_step(runs),
         "generate_s": float(t.get("t_generate", math.nan)),
         "update_s": float(t.get("t_update", math.nan)),
         "peak_acc": float(S.peak(a.x, a.values.mean(axis=0)[None])[0]),
@@ -267,11 +266,11 @@ def _variant_row(runs: pd.DataFrame, times: pd.DataFrame | None) -> dict[str, An
 
 def _baseline_columns(base: pd.DataFrame, runs: pd.DataFrame, is_base: bool, frac: float,
                       **boot) -> dict[str, Any]:
-    """Threshold time, per-seed speedups and the comparison columns ('baseline' verdicts on
-    the baseline's own row)."""
+    """Threshold time, per-seed speedups (paired only: seed s against seed s) and the
+    comparison columns ('baseline' verdicts on the baseline's own row)."""
     b, a = S.arm(base), S.arm(runs)
     head = S.speedup(b.x, b.values.mean(axis=0), a.x, a.values.mean(axis=0), frac)
-    per_seed = S.seed_speedups(b, a, frac)["speedup"]
+    per_seed = S.seed_speedups(b, a, frac)["speedup"] if boot["paired"] else []
     row = {"t_threshold_s": head["x_method"],
            "speedup_per_seed": " ".join("never" if x == 0 else f"{x:.2f}" for x in per_seed)}
     if is_base:                        # itself, paired: 1x and 0 points, exactly
@@ -288,9 +287,9 @@ def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | N
     """One row per variant, ordered by n, then m descending (the order of the ablations): n, m,
     rule, seeds, steps, s_per_step (train_time_s / step), generate_s and update_s (metrics),
     peak accuracy of the seed-mean curve (x > 0), final accuracy (mean and std over seeds), and
-    against `baseline` (nothing when None): time to its threshold, per-seed speedups ('never'
-    when a seed never reached it) and the `comparison` columns (95% bootstrap intervals over
-    seeds, `paired` or not, `n_boot` resamples from `seed`)."""
+    against `baseline` (nothing when None): time to its threshold, per-seed speedups when
+    `paired` ('never' when a seed never reached it) and the `comparison` columns (95% bootstrap
+    intervals over seeds, `paired` or not, `n_boot` resamples from `seed`)."""
     if baseline is not None and baseline not in set(curves["variant"]):
         got = sorted(set(curves["variant"]))
         raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
