@@ -5,6 +5,8 @@
     pods config CONFIG VARIANT [--seed S]                 print one run's full Config YAML
     pods train CONFIG RUN_DIR [--resume] [key=value ...]  train one run (torchrun entry point)
     pods reproduce                                        the tiny default end to end
+    pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
+                                                          the authors' logs (results/paper/)
 
 `python -m podslib.trainer CONFIG RUN_DIR ...` is `pods train CONFIG RUN_DIR ...`.
 Exit status: 0 on success, 1 when a run failed (the others still ran), 2 on a usage or
@@ -67,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                            help="the tiny default end to end (results/tiny/)")
     repro.add_argument("--config", default=str(pipeline.CONFIGS / "tiny.yaml"),
                        help="grid file (default: configs/tiny.yaml)")
+    paper = sub.add_parser("paper", help="the paper's figures and summary table, recomputed "
+                           "from the authors' published logs (results/paper/)")
+    paper.add_argument("--data", default=None,
+                       help="folder of the authors' logs (default: data/pods_official)")
+    paper.add_argument("--out", default=None, help="output folder (default: results/paper)")
     return parser
 
 
@@ -114,7 +121,7 @@ def _report(args) -> dict:
 
 
 def _dispatch(args) -> dict:
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)          # `paper` runs no notebook
     if args.command == "run":
         return pipeline.run_grid(args.config, seeds=args.seeds, only=args.only,
                                  results_root=args.results_root, kernel=args.kernel,
@@ -130,6 +137,12 @@ def _dispatch(args) -> dict:
         return {"done": [], "failed": []}
     if args.command == "train":
         return _train(args)
+    if args.command == "paper":
+        from . import paper
+
+        paths = paper.write(args.data or paper.DATA, args.out or paper.OUT)
+        print(f"paper: {len(paths)} files under {paths[-1].parent}")
+        return {"done": [str(p) for p in paths], "failed": []}
     root = args.results_root or pipeline.REPO / "results"
     return pipeline.reproduce(args.config, root, kernel=args.kernel, progress=progress)
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import results as R
 from . import rundir
 from .config import Config, load_yaml, merge
 
@@ -346,9 +347,10 @@ def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path
 # ----------------------------------------------------------------------------------------------
 
 def report(experiment: str, results_root: str | Path = REPO / "results", kernel: str | None = None,
-           progress: bool = True, baseline: str = "grpo") -> Path:
+           progress: bool = True, baseline: str = "grpo", log=print) -> Path:
     """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
-    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced."""
+    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced. Logs
+    per variant the per-step and wall-clock speedups with their 95% intervals and verdicts."""
     exp_dir = Path(results_root).resolve() / experiment
     runs = rundir.find_runs(exp_dir)
     if not runs:
@@ -360,9 +362,11 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
     rundir.check_writable(exp_dir, "results folder")
     output = exp_dir / "04_plots.ipynb"
     output.unlink(missing_ok=True)
-    return execute(NOTEBOOKS / "04_plots.ipynb", output,
+    path = execute(NOTEBOOKS / "04_plots.ipynb", output,
                    {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
                     "baseline": baseline}, kernel=kernel, progress=progress)
+    log(R.report_text(R.read_summary(exp_dir), experiment, baseline))
+    return path
 
 
 def prepare_models(configs: list[Config]) -> list[str]:

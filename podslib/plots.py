@@ -19,10 +19,26 @@ if "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import PercentFormatter
 
 PHASE_LABELS = {"t_generate": "generate", "t_score": "score", "t_select": "select",
                 "t_update": "update", "t_sync": "sync"}
-BANDS = ("std", "sem", "minmax")
+BANDS = {"std": "mean ± std over seeds", "sem": "mean ± sem over seeds",
+         "minmax": "min..max over seeds", "ci95": "mean ± 1.96 sem (95%)"}
+# Axis labels of the columns the notebooks plot; other columns are shown as they are named.
+LABELS = {
+    "train_time_s": "training time (s, evaluation excluded)", "step": "optimizer step",
+    "accuracy": "test accuracy", "reward_mean_all": "mean reward of all n rollouts",
+    "reward_mean_sel": "mean reward of the m selected", "group_size": "group size n",
+    "zero_var_frac": "fraction of groups with all-equal rewards", "n": "rollouts per prompt n",
+    "m": "rollouts kept m", "seconds": "seconds per call", "variant": "variant",
+    "peak_acc": "peak accuracy", "final_acc": "final accuracy", "s_per_step": "seconds per step"}
+TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def label(column: str) -> str:
+    """The human axis label of a column (LABELS), else the column name."""
+    return LABELS.get(column, column)
 
 
 def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -34,24 +50,46 @@ def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     return fig
 
 
-def accuracy_vs_time(agg: pd.DataFrame, path: str | Path | None = None, band: str = "std",
-                     title: str = "Test accuracy vs training time") -> plt.Figure:
-    """Seed-mean accuracy per variant against training time (`results.aggregate` output), as a
-    step function with a shaded band: mean +- std ('std'), +- sem ('sem') or min..max ('minmax')."""
-    if band not in BANDS:
-        raise ValueError(f"band must be one of {', '.join(map(repr, BANDS))}; got {band!r}")
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+def _curves(ax: plt.Axes, agg: pd.DataFrame, x: str, scale: float, band: str,
+            names: dict | None = None, **style) -> None:
+    """Seed-mean step curves of `agg` (`results.aggregate` output) on `ax`, x divided by
+    `scale`, with a band when a variant has more than one seed."""
     for variant, g in agg.groupby("variant", sort=False):
-        t = g["train_time_s"].to_numpy() / 60
+        t = g[x].to_numpy(float) / scale
         mean = g["mean"].to_numpy()
-        low, high = ((g["min"], g["max"]) if band == "minmax"
-                     else (mean - g[band], mean + g[band]))
-        label = f"{variant} ({int(g['seeds'].iloc[0])} seeds)"
-        (line,) = ax.step(t, mean, where="post", label=label)
-        ax.fill_between(t, low, high, step="post", alpha=0.2, color=line.get_color(), lw=0)
-    ax.set_xlabel("training time (min, evaluation excluded)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title + f" (band: {band})")
+        seeds = int(g["seeds"].iloc[0])
+        name = (names or {}).get(variant, variant)
+        (line,) = ax.step(t, mean, where="post", label=f"{name} ({seeds} seed"
+                          f"{'s' if seeds > 1 else ''})", **style)
+        if seeds > 1:
+            half = 1.96 * g["sem"] if band == "ci95" else g[band] if band != "minmax" else None
+            low, high = (g["min"], g["max"]) if half is None else (mean - half, mean + half)
+            ax.fill_between(t, low, high, step="post", alpha=0.2, color=line.get_color(), lw=0)
+
+
+def _check(name: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
+
+def accuracy_vs_time(agg: pd.DataFrame, path: str | Path | None = None, band: str = "std",
+                     title: str = "Test accuracy vs training time", x: str = "train_time_s",
+                     unit: str = "min") -> plt.Figure:
+    """Seed-mean accuracy per variant against training time (x = 'train_time_s', shown in
+    `unit`: 's', 'min' or 'h') or optimizer steps (x = 'step'), as a step function with a
+    shaded band over seeds: std, sem, min..max or 95% normal interval ('ci95'). The band is
+    named in the title only when some variant has more than one seed."""
+    _check("band", band, BANDS)
+    _check("unit", unit, TIME_UNITS)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    scale = TIME_UNITS[unit] if x == "train_time_s" else 1.0
+    _curves(ax, agg, x, scale, band)
+    ax.set_xlabel(f"training time ({unit}, evaluation excluded)" if x == "train_time_s"
+                  else label(x))
+    ax.set_ylabel(label("accuracy"))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    several = len(agg) and agg["seeds"].max() > 1
+    ax.set_title(title + (f"\n(band: {BANDS[band]})" if several else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, path)
@@ -73,8 +111,8 @@ def bars(table: pd.DataFrame, x: str, y: str, err: str | None = None, hue: str |
         ax.bar(pos, part[y], width, yerr=part[err] if err else None, capsize=3,
                label=None if h is None else f"{hue}={h}")
     ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs])
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(ylabel or label(y))
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if hue:
@@ -130,10 +168,90 @@ def lines(table: pd.DataFrame, x: str, y: str, hue: str | None = None,
         ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.minorticks_off()
     ax.set_yscale("log" if logy else "linear")
-    ax.set_xlabel(x)
-    ax.set_ylabel(ylabel or y)
+    ax.set_xlabel(label(x))
+    ax.set_ylabel(ylabel or label(y))
     ax.set_title(title)
     ax.grid(alpha=0.3)
     if hue:
         ax.legend()
+    return save(fig, path)
+
+
+def paper_curves(agg: pd.DataFrame, names: dict[str, str], path: str | Path | None = None,
+                 title: str = "", unit: str = "h", hardware: str = "",
+                 overlay: pd.DataFrame | None = None, overlay_unit: str = "min") -> plt.Figure:
+    """A paper figure: seed-mean accuracy per variant (`results.aggregate` output, variants
+    named by `names`) against training time in `unit`, with the 95% band (±1.96 sem, as the
+    authors draw it) and, as theirs, the accuracy axis fitted to the points after t = 0 (the
+    base model's point, when below, is named in a note). `overlay` (another aggregate, e.g.
+    the user's own runs) is drawn dashed on the same accuracy axis, then fitted to both,
+    against its own time axis (top, in `overlay_unit`)."""
+    _check("unit", unit, TIME_UNITS)
+    _check("overlay_unit", overlay_unit, TIME_UNITS)
+    fig, ax = plt.subplots(figsize=(8.4, 4.0))
+    _curves(ax, agg, "train_time_s", TIME_UNITS[unit], "ci95", names, marker="o", ms=3)
+    ax.set_xlabel(f"training time ({unit}){' on ' + hardware if hardware else ''}")
+    ax.set_ylabel(label("accuracy"))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if overlay is None or not len(overlay):
+        _fit_after_start(ax, agg)
+    else:
+        top = ax.twiny()
+        top.set_prop_cycle(color=plt.rcParams["axes.prop_cycle"].by_key()["color"][4:])
+        _curves(top, overlay, "train_time_s", TIME_UNITS[overlay_unit], "ci95",
+                {v: f"yours: {v}" for v in overlay["variant"].unique()}, linestyle="--")
+        top.set_xlabel(f"your runs: training time ({overlay_unit}, evaluation excluded)")
+        more = top.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    fig.suptitle(title + "\n(band: mean ± 1.96 sem over runs)", fontsize=10)
+    ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def _fit_after_start(ax: plt.Axes, agg: pd.DataFrame) -> None:
+    """Accuracy axis over the points after t = 0 (with their bands); a note names the t = 0
+    value when it falls below."""
+    after = agg[agg["train_time_s"] > 0]
+    start = agg[agg["train_time_s"] == 0]["mean"]
+    if not len(after) or not len(start):
+        return
+    low = float((after["mean"] - 1.96 * after["sem"]).min())
+    high = float((after["mean"] + 1.96 * after["sem"]).max())
+    pad = 0.05 * (high - low or 0.01)
+    if start.min() < low - pad:
+        ax.set_ylim(low - pad, high + pad)
+        ax.text(0.01, 0.02, f"t = 0 (base model): {100 * start.mean():.1f}%, below the axis",
+                transform=ax.transAxes, fontsize=8, color="gray")
+
+
+def cost_regime(maps: dict[str, pd.DataFrame], measured: dict[str, dict] | None = None,
+                paper_cost: float | None = 1.35, path: str | Path | None = None,
+                title: str = "Wall-clock speedup predicted from the per-step curves"
+                ) -> plt.Figure:
+    """Predicted wall-clock speedup (`stats.regime` tables, one per name) against the step-cost
+    ratio c, with its 95% band; `measured` {name: {cost_ratio, speedup, ci_low, ci_high}} marks
+    the measured wall-clock speedup at the measured c; a dotted line marks the paper's
+    one-GPU c (10.1 s vs 7.5 s per step)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, table in maps.items():
+        (line,) = ax.plot(table["cost_ratio"], table["predicted"], label=f"{name}: predicted")
+        ax.fill_between(table["cost_ratio"], table["ci_low"], table["ci_high"], alpha=0.2,
+                        color=line.get_color(), lw=0)
+        point = (measured or {}).get(name)
+        if point:
+            err = [[point["speedup"] - point["ci_low"]], [point["ci_high"] - point["speedup"]]]
+            ax.errorbar([point["cost_ratio"]], [point["speedup"]], yerr=err, fmt="o",
+                        color=line.get_color(), capsize=4,
+                        label=f"{name}: measured (c = {point['cost_ratio']:.2f})")
+    ax.axhline(1.0, color="gray", lw=1)
+    if paper_cost is not None:
+        ax.axvline(paper_cost, color="gray", ls=":", label=f"paper's one-GPU c = {paper_cost}")
+    ax.set_xlabel("step-cost ratio c = variant s/step / baseline s/step")
+    ax.set_ylabel("wall-clock speedup (x)")
+    ax.set_title(title + "\n(band: 95% bootstrap interval over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save(fig, path)

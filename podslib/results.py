@@ -1,20 +1,12 @@
-"""Runs loaded into pandas, seed aggregation, the paper's speedup and the summary tables.
+"""Run folders loaded into pandas frames, and the summary table of an experiment.
 
 A run folder is `results/<experiment>/<run_id>/` (run_id = '<variant>-s<seed>') holding what
 `podslib.trainer.train` writes (see `podslib.rundir`) plus the executed notebook. A run is
 complete when summary.json exists.
 
-Aggregation over seeds (`aggregate`): each seed's accuracy curve is a step function, the accuracy
-of its latest evaluation at or before time t ("hold last": what you would have if training
-stopped at t). Per variant, the common time grid is the union of the seeds' evaluation times up
-to the earliest last evaluation, so every grid point averages all seeds and no curve is
-extrapolated; on that grid the mean curve is exact (no interpolation error).
-
-Speedup (the paper's definition): threshold = 0.99 * the baseline's (GRPO's) peak accuracy; speedup = time
-for the baseline to first reach the threshold / time for the method to first reach that same
-threshold, both measured at evaluation times (no interpolation between evaluations). Headline:
-on the seed-mean curves. Per seed: GRPO seed s is paired with PODS seed s (same data order,
-same evaluation seed), with the threshold from GRPO seed s's own peak.
+Seed aggregation, the paper's speedup, bootstrap intervals and verdicts are computed by
+`podslib.stats` (one implementation, generic over the x axis: train_time_s or step); this module
+turns run folders into pandas frames and those statistics into the summary table.
 """
 
 from __future__ import annotations
@@ -26,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import stats as S
 from .config import load_yaml
 from .files import atomic_write
 from .rundir import find_runs, is_complete, read_log
@@ -92,82 +85,21 @@ def load_metrics(root: str | Path, experiment: str | None = None) -> pd.DataFram
 # seed aggregation
 # ----------------------------------------------------------------------------------------------
 
-def hold_last(t: np.ndarray, acc: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Step-function value at each `grid` time: acc of the latest t <= grid time; NaN before the
-    first and after the last evaluation. t: [k] ascending, acc: [k], grid: [g] -> [g]."""
-    t, acc, grid = np.asarray(t, float), np.asarray(acc, float), np.asarray(grid, float)
-    pos = np.searchsorted(t, grid, side="right") - 1
-    out = acc[np.clip(pos, 0, len(acc) - 1)].astype(float)
-    out[(pos < 0) | (grid > t[-1])] = np.nan
-    return out
-
-
-def aggregate(curves: pd.DataFrame, value: str = "accuracy") -> pd.DataFrame:
-    """Seed statistics per variant on the common grid (see module docstring): one row per
-    (variant, train_time_s) with mean, std (ddof 1; 0 for one seed), sem, min, max, seeds."""
+def aggregate(curves: pd.DataFrame, value: str = "accuracy", x: str = "train_time_s"
+              ) -> pd.DataFrame:
+    """Seed statistics per variant on its common grid (`stats.arm`): one row per (variant, x)
+    with mean, std (ddof 1; 0 for one seed), sem, min, max, seeds."""
     out = []
     for variant, runs in curves.groupby("variant", sort=False):
-        per_seed = [g.sort_values("train_time_s") for _, g in runs.groupby("seed")]
-        end = min(g["train_time_s"].iloc[-1] for g in per_seed)
-        grid = np.unique(np.concatenate([g["train_time_s"].to_numpy() for g in per_seed]))
-        grid = grid[grid <= end]
-        vals = np.stack([hold_last(g["train_time_s"], g[value], grid) for g in per_seed])  # [S, g]
-        k = vals.shape[0]
-        std = vals.std(axis=0, ddof=1) if k > 1 else np.zeros(len(grid))
+        a = S.arm(runs, x, value)
+        k = len(a.seeds)
+        std = a.values.std(axis=0, ddof=1) if k > 1 else np.zeros(len(a.x))
         out.append(pd.DataFrame({
-            "variant": variant, "train_time_s": grid, "mean": vals.mean(axis=0), "std": std,
-            "sem": std / math.sqrt(k), "min": vals.min(axis=0), "max": vals.max(axis=0),
-            "seeds": k}))
+            "variant": variant, x: a.x, "mean": a.values.mean(axis=0), "std": std,
+            "sem": std / math.sqrt(k), "min": a.values.min(axis=0),
+            "max": a.values.max(axis=0), "seeds": k}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
-        columns=["variant", "train_time_s", "mean", "std", "sem", "min", "max", "seeds"])
-
-
-# ----------------------------------------------------------------------------------------------
-# speedup to 99% of the baseline's peak
-# ----------------------------------------------------------------------------------------------
-
-def time_to_reach(t: np.ndarray, acc: np.ndarray, threshold: float) -> float:
-    """First evaluation time with acc >= threshold; inf when never reached."""
-    hit = np.flatnonzero(np.asarray(acc, float) >= threshold)
-    return float(np.asarray(t, float)[hit[0]]) if hit.size else math.inf
-
-
-def speedup(base_t: np.ndarray, base_acc: np.ndarray, t: np.ndarray, acc: np.ndarray,
-            frac: float = 0.99) -> dict[str, float]:
-    """The paper's speedup of curve (t, acc) over the baseline curve (base_t, base_acc).
-
-    threshold = frac * max(base_acc); speedup = time_to_reach(baseline) / time_to_reach(method).
-    Edge cases: method never reaches it -> 0.0; both at time 0 -> nan; only the method at 0 ->
-    inf. Returns threshold, t_base, t_method, speedup.
-    """
-    if not 0 < frac <= 1:
-        raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
-    threshold = frac * float(np.max(base_acc))
-    t_base = time_to_reach(base_t, base_acc, threshold)
-    t_method = time_to_reach(t, acc, threshold)
-    if math.isinf(t_method):
-        ratio = 0.0
-    elif t_method == 0:
-        ratio = math.nan if t_base == 0 else math.inf
-    else:
-        ratio = t_base / t_method
-    return {"threshold": threshold, "t_base": t_base, "t_method": t_method, "speedup": ratio}
-
-
-def seed_speedups(curves: pd.DataFrame, baseline: str, variant: str,
-                  frac: float = 0.99) -> pd.DataFrame:
-    """Per-seed speedups of `variant` over `baseline`, pairing equal seeds (seeds present in
-    only one of them are left out): one row per seed with threshold, t_base, t_method, speedup."""
-    rows = []
-    base = {s: g.sort_values("train_time_s") for s, g in
-            curves[curves["variant"] == baseline].groupby("seed")}
-    for seed, g in curves[curves["variant"] == variant].groupby("seed"):
-        if seed in base:
-            g = g.sort_values("train_time_s")
-            b = base[seed]
-            rows.append({"seed": seed, **speedup(b["train_time_s"], b["accuracy"],
-                                                  g["train_time_s"], g["accuracy"], frac)})
-    return pd.DataFrame(rows, columns=["seed", "threshold", "t_base", "t_method", "speedup"])
+        columns=["variant", x, "mean", "std", "sem", "min", "max", "seeds"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,43 +117,191 @@ def step_times(metrics: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _put(row: dict, name: str, est: S.Estimate) -> None:
+    row.update({name: est.value, f"{name}_ci_low": est.low, f"{name}_ci_high": est.high,
+                f"{name}_verdict": est.verdict})
+
+
+def comparison(base: pd.DataFrame, runs: pd.DataFrame, frac: float = 0.99, paired: bool = True,
+               n_boot: int = S.N_BOOT, seed: int = 0) -> dict[str, Any]:
+    """The summary columns of one variant's evaluation rows `runs` against the baseline's
+    `base`: wall-clock (speedup*) and per-step (step_speedup*) speedups, peak and final
+    differences (peak_diff*, final_diff*), each with ci_low, ci_high and verdict; the step-cost
+    ratio and the wall-clock speedup it predicts from the per-step curves (predicted_speedup*,
+    prediction_in_ci: inside the measured wall-clock interval)."""
+    wall, _ = S.compare(S.arm(base), S.arm(runs), paired, frac, n_boot, seed)
+    step, step_reps = S.compare(S.arm(base, "step"), S.arm(runs, "step"), paired, frac,
+                                n_boot, seed)
+    cost = S.seconds_per_step(runs) / S.seconds_per_step(base)
+    row: dict[str, Any] = {"cost_ratio": cost}
+    for name, est in [("speedup", wall["speedup"]), ("step_speedup", step["speedup"]),
+                      ("peak_diff", wall["peak_diff"]), ("final_diff", wall["final_diff"])]:
+        _put(row, name, est)
+    check = S.regime_check(step["speedup"], step_reps["speedup"], wall["speedup"], cost) \
+        if math.isfinite(cost) else {}
+    row.update({"predicted_speedup": check.get("predicted", math.nan),
+                "predicted_speedup_ci_low": check.get("predicted_ci_low", math.nan),
+                "predicted_speedup_ci_high": check.get("predicted_ci_high", math.nan),
+                "prediction_in_ci": check.get("inside_measured_ci", "")})
+    return row
+
+
+def _variant_row(runs: pd.DataFrame, times: pd.DataFrame | None) -> dict[str, Any]:
+    """The columns of one variant that need no baseline."""
+    a = S.arm(runs)
+    first = runs.iloc[0]
+    t = times.loc[first["variant"]] if times is not None and first["variant"] in times.index \
+        else pd.Series(dtype=float)
+    steps = runs.sort_values("step").groupby("seed")["step"].last()
+    return {
+        "variant": first["variant"], "n": int(first["n"]), "m": int(first["m"]),
+        "rule": first["rule"], "seeds": len(a.seeds), "steps": float(steps.mean()),
+        "s_per_step": S.seconds_per_step(runs),
+        "generate_s": float(t.get("t_generate", math.nan)),
+        "update_s": float(t.get("t_update", math.nan)),
+        "peak_acc": float(S.peak(a.x, a.values.mean(axis=0)[None])[0]),
+        "final_acc": float(a.last.mean()),
+        "final_acc_std": float(a.last.std(ddof=1)) if len(a.last) > 1 else 0.0}
+
+
+def _baseline_columns(base: pd.DataFrame, runs: pd.DataFrame, is_base: bool, frac: float,
+                      **boot) -> dict[str, Any]:
+    """Threshold time, per-seed speedups (paired only: seed s against seed s) and the
+    comparison columns ('baseline' verdicts on the baseline's own row)."""
+    b, a = S.arm(base), S.arm(runs)
+    head = S.speedup(b.x, b.values.mean(axis=0), a.x, a.values.mean(axis=0), frac)
+    per_seed = S.seed_speedups(b, a, frac)["speedup"] if boot["paired"] else []
+    row = {"t_threshold_s": head["x_method"],
+           "speedup_per_seed": " ".join("never" if x == 0 else f"{x:.2f}" for x in per_seed)}
+    if is_base:                        # itself, paired: 1x and 0 points, exactly
+        row.update(comparison(base, runs, frac, **{**boot, "paired": True}))
+        row.update({k: "baseline" for k in row if k.endswith("_verdict")})
+    else:
+        row.update(comparison(base, runs, frac, **boot))
+    return row
+
+
 def summary_table(curves: pd.DataFrame, metrics: pd.DataFrame, baseline: str | None = "grpo",
-                  frac: float = 0.99) -> pd.DataFrame:
+                  frac: float = 0.99, paired: bool = True, n_boot: int = S.N_BOOT,
+                  seed: int = 0) -> pd.DataFrame:
     """One row per variant, ordered by n, then m descending (the order of the ablations): n, m,
-    rule, seeds, steps, s/step (generate, update), peak accuracy of the seed-mean curve, final
-    accuracy (mean and std over seeds), time to the threshold and the speedup over `baseline`
-    (mean curves, and per seed: 'never' when that seed never reached the threshold; NaN / empty
-    when baseline is None)."""
+    rule, seeds, steps, s_per_step (train_time_s / step), generate_s and update_s (metrics),
+    peak accuracy of the seed-mean curve (x > 0), final accuracy (mean and std over seeds), and
+    against `baseline` (nothing when None): time to its threshold, per-seed speedups when
+    `paired` ('never' when a seed never reached it) and the `comparison` columns (95% bootstrap
+    intervals over seeds, `paired` or not, `n_boot` resamples from `seed`)."""
     if baseline is not None and baseline not in set(curves["variant"]):
         got = sorted(set(curves["variant"]))
         raise ValueError(f"baseline must be one of the variants {got}; got {baseline!r}")
-    agg = aggregate(curves)
     times = step_times(metrics) if len(metrics) else None
-    b = agg[agg["variant"] == baseline] if baseline is not None else None
+    base = curves[curves["variant"] == baseline] if baseline is not None else None
     rows = []
     for variant, runs in curves.groupby("variant", sort=False):
-        a = agg[agg["variant"] == variant]
-        finals = runs.sort_values("train_time_s").groupby("seed")["accuracy"].last()
-        head = (speedup(b["train_time_s"], b["mean"], a["train_time_s"], a["mean"], frac)
-                if b is not None else {"t_method": math.nan, "speedup": math.nan})
-        per_seed = (seed_speedups(curves, baseline, variant, frac)["speedup"]
-                    if b is not None else [])
-        first = runs.iloc[0]
-        t = times.loc[variant] if times is not None and variant in times.index else pd.Series()
-        rows.append({
-            "variant": variant, "n": int(first["n"]), "m": int(first["m"]), "rule": first["rule"],
-            "seeds": int(runs["seed"].nunique()), "steps": float(t.get("steps", math.nan)),
-            "s_per_step": float(t.get("total", math.nan)),
-            "generate_s": float(t.get("t_generate", math.nan)),
-            "update_s": float(t.get("t_update", math.nan)),
-            "peak_acc": float(a["mean"].max()), "final_acc": float(finals.mean()),
-            "final_acc_std": float(finals.std(ddof=1)) if len(finals) > 1 else 0.0,
-            "t_threshold_s": head["t_method"], "speedup": head["speedup"],
-            "speedup_per_seed": " ".join("never" if x == 0 else f"{x:.2f}" for x in per_seed),
-        })
+        row = _variant_row(runs, times)
+        if base is not None:
+            row.update(_baseline_columns(base, runs, variant == baseline, frac, paired=paired,
+                                         n_boot=n_boot, seed=seed))
+        rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(["n", "m", "variant"], ascending=[True, False, True],
                              ignore_index=True)
+
+
+def regime_maps(curves: pd.DataFrame, table: pd.DataFrame, baseline: str, frac: float = 0.99,
+                paired: bool = True, n_boot: int = S.N_BOOT, seed: int = 0,
+                costs: np.ndarray | None = None
+                ) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+    """The cost-regime map of every down-sampling variant (n > m) of `table` (a
+    `summary_table`) against `baseline`: {variant: `stats.regime` table over `costs` (default
+    `stats.cost_grid` of its measured c)} and {variant: the measured point (cost_ratio,
+    speedup, ci_low, ci_high)}; empty when the baseline is absent."""
+    maps, measured = {}, {}
+    if baseline not in set(curves["variant"]):
+        return maps, measured
+    base = curves[curves["variant"] == baseline]
+    for _, row in table[table["n"] > table["m"]].iterrows():
+        runs = curves[curves["variant"] == row["variant"]]
+        est, reps = S.compare(S.arm(base, "step"), S.arm(runs, "step"), paired, frac, n_boot,
+                              seed)
+        grid = S.cost_grid(row["cost_ratio"]) if costs is None else costs
+        maps[row["variant"]] = S.regime(est["speedup"], reps["speedup"], grid)
+        measured[row["variant"]] = {"cost_ratio": row["cost_ratio"], "speedup": row["speedup"],
+                                    "ci_low": row["speedup_ci_low"],
+                                    "ci_high": row["speedup_ci_high"]}
+    return maps, measured
+
+
+def _ratio(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:.2f}x [{low:.2f}, {high:.2f}]"
+
+
+def _points(value: float, low: float, high: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{100 * value:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def compact_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The verdict columns of a `summary_table` as short strings indexed by variant, for a
+    notebook pane or a terminal: accuracy in %, differences in points, speedups as
+    'value x [95% CI]'."""
+    def get(row, name):
+        return [float(row.get(f"{name}{s}", math.nan)) for s in ("", "_ci_low", "_ci_high")]
+
+    out = []
+    for _, row in table.iterrows():
+        line = {"variant": row["variant"], "n/m": f"{row['n']}/{row['m']}",
+                "seeds": row["seeds"], "peak": f"{100 * row['peak_acc']:.1f}%"}
+        if "speedup" in table.columns:
+            line.update({
+                "peak diff (pt)": _points(*get(row, "peak_diff")),
+                "per-step speedup": _ratio(*get(row, "step_speedup")),
+                "verdict (step)": row["step_speedup_verdict"],
+                "wall-clock speedup": _ratio(*get(row, "speedup")),
+                "verdict (wall)": row["speedup_verdict"]})
+        out.append(line)
+    return pd.DataFrame(out).set_index("variant")
+
+
+def cost_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The step-cost columns of a `summary_table` as short strings indexed by variant: s/step, the
+    step-cost ratio c, the wall-clock speedup predicted at c from the per-step curves and
+    whether it lies inside the measured wall-clock interval."""
+    def get(row, name):
+        return [float(row[f"{name}{s}"]) for s in ("", "_ci_low", "_ci_high")]
+
+    out = []
+    for _, row in table.iterrows():
+        line = {"variant": row["variant"], "s/step": f"{row['s_per_step']:.3g}"}
+        if "predicted_speedup" in table.columns:
+            line.update({"c": f"{row['cost_ratio']:.2f}",
+                         "predicted at c": _ratio(*get(row, "predicted_speedup")),
+                         "measured": _ratio(*get(row, "speedup")),
+                         "inside": row["prediction_in_ci"]})
+        out.append(line)
+    return pd.DataFrame(out).set_index("variant")
+
+
+def report_text(table: pd.DataFrame, experiment: str, baseline: str | None) -> str:
+    """Per variant, the per-step and wall-clock speedups with intervals and verdicts (the
+    `compact_table` columns that say it), under a header line, as plain text for a terminal."""
+    keep = ["variant", "n/m", "seeds", "per-step speedup", "verdict (step)",
+            "wall-clock speedup", "verdict (wall)"]
+    compact = compact_table(table).reset_index()
+    head = (f"{experiment}: speedups over {baseline} (95% bootstrap intervals over seeds)"
+            if "speedup" in table.columns
+            else f"{experiment}: no baseline {baseline!r} among the variants, no speedups")
+    return head + "\n" + compact[[c for c in keep if c in compact.columns]].to_string(index=False)
+
+
+def read_summary(exp_dir: str | Path, name: str = "summary") -> pd.DataFrame:
+    """The summary table written by `write_summary` (<name>.csv in `exp_dir`)."""
+    path = Path(exp_dir) / f"{name}.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"no summary {str(path)!r}; run `pods report` first")
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:

@@ -15,7 +15,8 @@ import pytest
 
 from podslib import pipeline
 
-NOTEBOOKS = {"01_rollouts.ipynb", "02_downsampling.ipynb", "03_train.ipynb", "04_plots.ipynb"}
+NOTEBOOKS = {"01_rollouts.ipynb", "02_downsampling.ipynb", "03_train.ipynb", "04_plots.ipynb",
+             "05_paper.ipynb"}
 
 
 def free_port() -> int:

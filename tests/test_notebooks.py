@@ -12,7 +12,7 @@ import yaml
 
 from podslib import pipeline, rundir
 
-NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots"]
+NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots", "05_paper"]
 
 # A grid small enough for CPU tests: untrained tiny model (no warm-start), 2 steps, 4 problems.
 TINY_BASE = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
@@ -125,11 +125,11 @@ def write_run(exp_dir, variant, seed, n, m, evals, step_s):
 
 
 @pytest.mark.slow
-def test_plots_notebook_through_pods_report(tmp_path):
+def test_plots_notebook_through_pods_report(tmp_path, capsys):
     """GRPO (both seeds) .2, .4, .6, .8 at t = 0, 10, 20, 30: threshold .792 at 30. PODS
-    .2, .8, .8, .8 reaches it at 10 -> speedup 3 on the mean curves and for each seed. An
-    unfinished run (no summary.json, one evaluation) is left out: with it the common grid would
-    end at t = 0."""
+    .2, .8, .8, .8 reaches it at 10 -> speedup 3 on the mean curves and for each seed (per
+    step too: evaluations at steps 0..3, 10 s per step). An unfinished run (no summary.json,
+    one evaluation) is left out: with it the common grid would end at t = 0."""
     exp = tmp_path / "synth"
     for seed in (0, 1):
         write_run(exp, "grpo", seed, 4, 4, [(0, .2), (10, .4), (20, .6), (30, .8)], 1.0)
@@ -142,8 +142,12 @@ def test_plots_notebook_through_pods_report(tmp_path):
     table = pd.read_csv(exp / "summary.csv").set_index("variant")
     assert table.loc["pods", "speedup"] == pytest.approx(3.0)
     assert table.loc["pods", "speedup_per_seed"] == "3.00 3.00"
-    assert table.loc["grpo", "s_per_step"] == pytest.approx(1.0)
+    assert table.loc["grpo", "s_per_step"] == pytest.approx(10.0)
+    assert (table.loc["pods", "step_speedup"], table.loc["pods", "speedup_verdict"]) == \
+        (3.0, "faster")
+    assert "synth: speedups over grpo" in capsys.readouterr().out
     assert "| pods | 16 | 4 |" in (exp / "summary.md").read_text()
     assert {p.name for p in (exp / "figures").iterdir()} == {
-        "accuracy_vs_time.png", "peak_accuracy.png", "final_accuracy.png", "step_time.png"}
+        "accuracy_vs_time.png", "accuracy_vs_step.png", "peak_accuracy.png",
+        "final_accuracy.png", "step_time.png", "cost_regime.png"}
     assert (exp / "04_plots.ipynb").exists()

@@ -13,16 +13,11 @@ from podslib import results as R
 from podslib import rundir
 
 
-def curve(variant, seed, t, acc, n=4, m=4):
-    return pd.DataFrame({"variant": variant, "seed": seed, "train_time_s": t, "accuracy": acc,
+def curve(variant, seed, t, acc, n=4, m=4, s_per_step=1.0):
+    """Evaluation rows of one run; step = t / s_per_step."""
+    return pd.DataFrame({"variant": variant, "seed": seed, "train_time_s": t,
+                         "step": np.asarray(t, float) / s_per_step, "accuracy": acc,
                          "n": n, "m": m, "rule": "none" if n == m else "max_variance"})
-
-
-def test_hold_last_is_previous_value_and_nan_outside():
-    """t = [0, 10, 20], acc = [.1, .3, .5]; grid [-1, 0, 5, 10, 19, 20, 21]
-    -> [nan, .1, .1, .3, .3, .5, nan] (before the first / after the last evaluation: NaN)."""
-    got = R.hold_last([0, 10, 20], [0.1, 0.3, 0.5], [-1, 0, 5, 10, 19, 20, 21])
-    np.testing.assert_allclose(got, [np.nan, 0.1, 0.1, 0.3, 0.3, 0.5, np.nan])
 
 
 def test_aggregate_two_seeds_hand_derived():
@@ -41,6 +36,9 @@ def test_aggregate_two_seeds_hand_derived():
     np.testing.assert_allclose(agg["min"], [0.1, 0.1, 0.2, 0.2])
     np.testing.assert_allclose(agg["max"], [0.1, 0.3, 0.3, 0.5])
     assert (agg["seeds"] == 2).all()
+    by_step = R.aggregate(curves.assign(step=curves["train_time_s"] / 5), x="step")
+    np.testing.assert_allclose(by_step["step"], [0, 2, 3, 4])
+    np.testing.assert_allclose(by_step["mean"], agg["mean"])
 
 
 def test_aggregate_one_seed_has_zero_spread():
@@ -49,75 +47,96 @@ def test_aggregate_one_seed_has_zero_spread():
     np.testing.assert_allclose(agg["std"], [0, 0])
 
 
-def test_speedup_hand_derived():
-    """GRPO acc .2,.4,.6,.7,.8 at t 0..40: peak .8, threshold .792, reached at t=40.
-    PODS acc .2,.5,.8,.81 at t 0..30 reaches .792 at t=20 -> speedup 40 / 20 = 2."""
-    out = R.speedup([0, 10, 20, 30, 40], [0.2, 0.4, 0.6, 0.7, 0.8],
-                    [0, 10, 20, 30], [0.2, 0.5, 0.8, 0.81])
-    assert out["threshold"] == pytest.approx(0.792)
-    assert (out["t_base"], out["t_method"], out["speedup"]) == (40, 20, 2.0)
-
-
-def test_speedup_threshold_is_99_percent_not_peak():
-    """Baseline peak 1.0 at t=30 but .99 already at t=10: threshold .99 -> t_base = 10.
-    Method reaches .99 at 5 -> speedup 2; with frac=1.0 the baseline needs 30 and the method
-    (never 1.0) never reaches it -> 0."""
-    assert R.speedup([0, 10, 30], [0, 0.99, 1.0], [0, 5], [0, 0.99])["speedup"] == 2.0
-    assert R.speedup([0, 10, 30], [0, 0.99, 1.0], [0, 5], [0, 0.99], frac=1.0)["speedup"] == 0.0
-
-
-def test_speedup_edge_cases():
-    assert math.isnan(R.speedup([0, 10], [0.5, 0.5], [0, 10], [0.5, 0.1])["speedup"])
-    assert math.isinf(R.speedup([0, 10], [0.1, 0.5], [0, 10], [0.6, 0.6])["speedup"])
-    with pytest.raises(ValueError, match="frac"):
-        R.speedup([0], [1], [0], [1], frac=0)
-
-
-def test_seed_speedups_pair_equal_seeds():
-    """Seed 0: GRPO reaches .99*.5 at 20, PODS at 10 -> 2. Seed 1: GRPO peak .4 -> threshold .396
-    reached at 30; PODS at 10 -> 3. Seed 2 exists for PODS only and is left out."""
-    curves = pd.concat([
-        curve("grpo", 0, [0, 10, 20], [0.1, 0.3, 0.5]),
-        curve("grpo", 1, [0, 10, 20, 30], [0.1, 0.2, 0.3, 0.4]),
-        curve("pods", 0, [0, 10, 20], [0.1, 0.5, 0.5], n=16),
-        curve("pods", 1, [0, 10, 20], [0.1, 0.4, 0.4], n=16),
-        curve("pods", 2, [0, 10], [0.1, 0.9], n=16),
-    ])
-    table = R.seed_speedups(curves, "grpo", "pods")
-    assert table["seed"].tolist() == [0, 1]
-    np.testing.assert_allclose(table["speedup"], [2.0, 3.0])
-
-
-def test_summary_table_headline_uses_mean_curves():
-    """Two seeds each, same eval times. GRPO mean .1,.25,.4 -> threshold .396 reached at 20.
-    PODS mean .1,.45,.45 reaches it at 10 -> headline speedup 2. Per seed: GRPO seed 0 peak .5
-    (threshold .495, t 20), PODS seed 0 .5 at 10 -> 2; GRPO seed 1 peak .3 (.297 at 20), PODS
-    seed 1 .4 at 10 -> 2."""
-    curves = pd.concat([
+def two_seed_study():
+    """GRPO (1 s/step) seeds .1,.3,.5 and .1,.2,.3; PODS (2 s/step) .1,.5,.5 and .1,.4,.4; all
+    at t = 0, 10, 20 s."""
+    return pd.concat([
         curve("grpo", 0, [0, 10, 20], [0.1, 0.3, 0.5]),
         curve("grpo", 1, [0, 10, 20], [0.1, 0.2, 0.3]),
-        curve("pods", 0, [0, 10, 20], [0.1, 0.5, 0.5], n=16),
-        curve("pods", 1, [0, 10, 20], [0.1, 0.4, 0.4], n=16),
+        curve("pods", 0, [0, 10, 20], [0.1, 0.5, 0.5], n=16, s_per_step=2.0),
+        curve("pods", 1, [0, 10, 20], [0.1, 0.4, 0.4], n=16, s_per_step=2.0),
     ])
+
+
+def test_summary_table_hand_derived():
+    """GRPO mean .1,.25,.4: threshold .396 reached at 20 s = step 20. PODS mean .1,.45,.45
+    reaches it at 10 s = step 5: wall-clock 2, per step 4, c = 2 s / 1 s, predicted 4 / 2 = 2.
+    Two seeds, paired: the resamples are (0,0), (0,1), (1,0), (1,1). Speedups: seed 0 alone
+    (GRPO .495 at 20; PODS at 10) 2, seed 1 alone (.297 at 20; PODS at 10) 2, both 2: interval
+    [2, 2], 'faster' (per step [4, 4]). Peak differences: 0 (seed 0), .1 (seed 1), .05 (both):
+    interval [0, .1] touches 0: 'not distinguishable'. The baseline row: 1x, 'baseline'."""
     metrics = pd.DataFrame({"variant": ["grpo"] * 2 + ["pods"] * 2, "seed": [0, 1, 0, 1],
-                            "step": [5, 7, 3, 3], "t_generate": [1.0, 1.0, 2.0, 2.0],
+                            "step": [20, 20, 10, 10], "t_generate": [1.0, 1.0, 2.0, 2.0],
                             "t_update": [0.5, 0.5, 0.25, 0.25]})
-    table = R.summary_table(curves, metrics).set_index("variant")
-    assert table.loc["pods", "speedup"] == pytest.approx(2.0)
-    assert table.loc["grpo", "speedup"] == pytest.approx(1.0)
-    assert table.loc["pods", "speedup_per_seed"] == "2.00 2.00"
-    assert table.loc["grpo", "peak_acc"] == pytest.approx(0.4)
-    assert table.loc["pods", "final_acc"] == pytest.approx(0.45)
-    assert table.loc["grpo", "steps"] == 6 and table.loc["pods", "s_per_step"] == 2.25
+    table = R.summary_table(two_seed_study(), metrics, n_boot=400).set_index("variant")
+    pods, grpo = table.loc["pods"], table.loc["grpo"]
+    assert (pods["speedup"], pods["speedup_ci_low"], pods["speedup_ci_high"]) == (2, 2, 2)
+    assert (pods["step_speedup"], pods["step_speedup_ci_low"]) == (4, 4)
+    assert pods["speedup_verdict"] == pods["step_speedup_verdict"] == "faster"
+    assert (pods["cost_ratio"], pods["predicted_speedup"], pods["prediction_in_ci"]) == \
+        (2, 2, True)
+    assert pods["peak_diff"] == pytest.approx(0.05)
+    assert (pods["peak_diff_ci_low"], pods["peak_diff_ci_high"]) == pytest.approx((0, 0.1))
+    assert pods["peak_diff_verdict"] == pods["final_diff_verdict"] == "not distinguishable"
+    assert pods["speedup_per_seed"] == "2.00 2.00" and pods["t_threshold_s"] == 10
+    assert (grpo["speedup"], grpo["speedup_ci_low"], grpo["speedup_ci_high"]) == (1, 1, 1)
+    assert grpo["speedup_verdict"] == grpo["peak_diff_verdict"] == "baseline"
+    assert grpo["peak_acc"] == pytest.approx(0.4) and pods["final_acc"] == pytest.approx(0.45)
+    assert (grpo["steps"], grpo["s_per_step"], pods["steps"], pods["s_per_step"]) == (20, 1, 10, 2)
+    assert pods["generate_s"] == 2.0 and pods["update_s"] == 0.25
     md = R.markdown_table(table.reset_index())
     assert md.splitlines()[0].startswith("| variant | n | m |") and "| pods | 16 | 4 |" in md
     with pytest.raises(ValueError, match="baseline"):
-        R.summary_table(curves, metrics, baseline="nope")
+        R.summary_table(two_seed_study(), metrics, baseline="nope")
+
+
+def test_summary_per_seed_never_and_no_baseline():
+    """PODS seed 0 (.1, .2) never reaches GRPO seed 0's .495; seed 1 reaches .297 at 10 vs 20.
+    Without a baseline there are no comparison columns."""
+    curves = two_seed_study()
     slow = pd.concat([curves[curves["variant"] == "grpo"],
                       curve("pods", 0, [0, 10], [0.1, 0.2], n=16),
                       curve("pods", 1, [0, 10], [0.1, 0.3], n=16)])
-    assert R.summary_table(slow, metrics).set_index("variant").loc["pods", "speedup_per_seed"] \
-        == "never 2.00"       # seed 0 never reaches .495; seed 1 reaches .297 at 10 vs 20
+    row = R.summary_table(slow, pd.DataFrame(), n_boot=50).set_index("variant").loc["pods"]
+    assert row["speedup_per_seed"] == "never 2.00"
+    bare = R.summary_table(curves, pd.DataFrame(), baseline=None)
+    assert not any("speedup" in c or "verdict" in c for c in bare.columns)
+    assert R.compact_table(bare).columns.tolist() == ["n/m", "seeds", "peak"]
+
+
+def test_compact_and_cost_tables_are_short_strings(tmp_path):
+    """The display tables format the hand-derived study above; written and read back, the
+    summary gives the same text (verdict strings survive the CSV)."""
+    table = R.summary_table(two_seed_study(), pd.DataFrame(), n_boot=400)
+    R.write_summary(table, tmp_path)
+    back = R.read_summary(tmp_path)
+    for t in (table, back):
+        pods = R.compact_table(t).loc["pods"]
+        assert pods["peak"] == "45.0%" and pods["n/m"] == "16/4"
+        assert pods["per-step speedup"] == "4.00x [4.00, 4.00]"
+        assert pods["wall-clock speedup"] == "2.00x [2.00, 2.00]"
+        assert pods["peak diff (pt)"] == "+5.0 [+0.0, +10.0]"
+        cost = R.cost_table(t).loc["pods"]
+        assert (cost["c"], cost["predicted at c"], cost["inside"]) == \
+            ("2.00", "2.00x [2.00, 2.00]", True)
+    text = R.report_text(back, "synth", "grpo")
+    assert text.splitlines()[0].startswith("synth: speedups over grpo (95% bootstrap")
+    assert "faster" in text and "baseline" in text
+    with pytest.raises(FileNotFoundError, match="pods report"):
+        R.read_summary(tmp_path / "absent")
+
+
+def test_regime_maps_for_down_sampling_variants():
+    """PODS (n > m) against GRPO: per-step speedup 4, so the map is 4 / c from c = 1 to the
+    measured 2 (the paper's 1.35 lies inside), the measured point 2x at c = 2."""
+    curves = two_seed_study()
+    table = R.summary_table(curves, pd.DataFrame(), n_boot=100)
+    maps, measured = R.regime_maps(curves, table, "grpo", n_boot=100)
+    assert list(maps) == ["pods"]
+    np.testing.assert_allclose(maps["pods"]["predicted"], 4 / maps["pods"]["cost_ratio"])
+    assert maps["pods"]["cost_ratio"].iloc[[0, -1]].tolist() == [1.0, 2.0]
+    assert measured["pods"] == {"cost_ratio": 2, "speedup": 2, "ci_low": 2, "ci_high": 2}
+    assert R.regime_maps(curves, table, "absent") == ({}, {})
 
 
 def make_run(exp_dir, variant, seed, experiment, evals, n=4, m=4, complete=True):

@@ -1,0 +1,260 @@
+"""Seed-mean curves, the paper's speedup, bootstrap intervals, verdicts and the cost-regime map.
+
+Everything here is generic over the x axis of a curve: `train_time_s` gives the paper's
+wall-clock speedup, `step` the per-step one (same threshold, counted in optimizer steps).
+
+Seed-mean curve: each seed's curve is a step function, the value of its latest evaluation at or
+before x ("hold last": what you would have if training stopped there). Per variant the grid is
+the union of the seeds' evaluation points up to the earliest last one, so every grid point
+averages all seeds and no curve is extrapolated.
+
+Speedup (the paper's definition): threshold = frac (0.99) x the baseline's highest seed-mean
+point at x > 0; x_base, x_method = the first evaluation point (x > 0) where each seed-mean curve
+reaches it; speedup = x_base / x_method. The point x = 0 (the model before training) is left out
+as in the paper. A method that never reaches the threshold within its horizon has speedup 0;
+the baseline always reaches its own threshold, so the speedup is finite (NaN only when a curve
+has no evaluation after x = 0).
+
+Intervals: 95% percentile bootstrap over seeds, vectorised as resamples x seeds x grid. Paired
+(the kit's runs: seed s of every variant starts from the same model and is evaluated on the
+same problems) resamples seed indices once and uses them for both arms; unpaired (independent
+runs, like the paper's 10 per setting) resamples each arm on its own. On synthetic studies with
+a known speedup and 8 seeds the percentile interval covers it in about 95% of studies, while
+the bias-correcting alternatives under-cover (the estimator's distribution is discrete with an
+atom at 0: 'never reached'); tests/test_stats.py holds that check.
+
+Cost regime: scaling each curve's step axis by its seconds per step moves no first-crossing
+point, so the wall-clock speedup predicted at step-cost ratio c (variant s/step / baseline
+s/step) is exactly the per-step speedup / c, replicate by replicate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+N_BOOT = 2000
+LEVEL = 0.95
+PAPER_COST = 1.35          # the paper's one-GPU step-cost ratio, PODS 64/16 vs GRPO 16/16
+
+
+# ----------------------------------------------------------------------------------------------
+# seed curves on a common grid
+# ----------------------------------------------------------------------------------------------
+
+def hold_last(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Step-function value at each grid point: y of the latest x <= grid point; NaN before the
+    first and after the last evaluation. x: [k] ascending, y: [k], grid: [g] -> [g]."""
+    x, y, grid = np.asarray(x, float), np.asarray(y, float), np.asarray(grid, float)
+    pos = np.searchsorted(x, grid, side="right") - 1
+    out = y[np.clip(pos, 0, len(y) - 1)].astype(float)
+    out[(pos < 0) | (grid > x[-1])] = np.nan
+    return out
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One variant's seeds on its common grid: x [g], values [S, g] (held), seeds [S],
+    last [S] (each seed's own last evaluation)."""
+
+    x: np.ndarray
+    values: np.ndarray
+    seeds: np.ndarray
+    last: np.ndarray
+
+    def select(self, seeds: np.ndarray) -> Arm:
+        """The same arm restricted to `seeds` (in that order)."""
+        rows = [int(np.flatnonzero(self.seeds == s)[0]) for s in seeds]
+        return Arm(self.x, self.values[rows], np.asarray(seeds), self.last[rows])
+
+
+def arm(runs: pd.DataFrame, x: str = "train_time_s", value: str = "accuracy") -> Arm:
+    """The seed curves of one variant's evaluation rows (columns seed, `x`, `value`)."""
+    if x not in runs.columns:
+        raise ValueError(f"x must be a column of the curves ({', '.join(runs.columns)}); "
+                         f"got {x!r}")
+    per_seed = [(s, g.sort_values(x)) for s, g in runs.groupby("seed")]
+    end = min(g[x].iloc[-1] for _, g in per_seed)
+    grid = np.unique(np.concatenate([g[x].to_numpy(float) for _, g in per_seed]))
+    grid = grid[grid <= end]
+    values = np.stack([hold_last(g[x], g[value], grid) for _, g in per_seed])
+    return Arm(grid, values, np.array([s for s, _ in per_seed]),
+               np.array([g[value].iloc[-1] for _, g in per_seed], float))
+
+
+def seconds_per_step(runs: pd.DataFrame) -> float:
+    """Training seconds per optimizer step of one variant's evaluation rows: the seeds' total
+    train_time_s over their total steps, both at each seed's last evaluation (the paper's
+    seconds per step: the time budget over the mean step count)."""
+    last = runs.sort_values(["step", "train_time_s"]).groupby("seed").last()
+    steps = last["step"].sum()
+    return float(last["train_time_s"].sum() / steps) if steps > 0 else math.nan
+
+
+# ----------------------------------------------------------------------------------------------
+# the paper's statistics, vectorised over resamples
+# ----------------------------------------------------------------------------------------------
+
+def peak(x: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Highest point at x > 0 of each curve. x: [g], means: [B, g] -> [B] (NaN if no x > 0)."""
+    pos = np.asarray(x) > 0
+    if not pos.any():
+        return np.full(len(means), np.nan)
+    return means[:, pos].max(axis=1)
+
+
+def first_reach(x: np.ndarray, means: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """First x > 0 where each curve reaches its threshold; inf when it never does.
+    x: [g], means: [B, g], threshold: [B] -> [B]."""
+    x = np.asarray(x, float)
+    ok = (means >= np.asarray(threshold)[:, None]) & (x > 0)[None, :]
+    return np.where(ok.any(axis=1), x[ok.argmax(axis=1)], np.inf)
+
+
+def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndarray,
+             frac: float = 0.99) -> dict[str, np.ndarray]:
+    """The paper's speedup of curves `means` [B, g] (on x [g]) over baseline curves `base`
+    [B, gb] (on base_x [gb]), row by row: threshold, x_base, x_method, speedup (each [B])."""
+    if not 0 < frac <= 1:
+        raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
+    threshold = frac * peak(base_x, base)
+    x_base = first_reach(base_x, base, threshold)
+    x_method = first_reach(x, means, threshold)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(np.isinf(x_method), 0.0, x_base / x_method)
+    if not (np.asarray(x) > 0).any():
+        ratio = np.full(len(ratio), np.nan)
+    ratio[np.isnan(threshold)] = np.nan
+    return {"threshold": threshold, "x_base": x_base, "x_method": x_method, "speedup": ratio}
+
+
+def speedup(base_x, base_y, x, y, frac: float = 0.99) -> dict[str, float]:
+    """The paper's speedup of one curve (x, y) over one baseline curve: threshold, x_base,
+    x_method, speedup as floats (see the module docstring for the definition)."""
+    out = speedups(np.asarray(base_x, float), np.asarray(base_y, float)[None],
+                   np.asarray(x, float), np.asarray(y, float)[None], frac)
+    return {k: float(v[0]) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap intervals and verdicts
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its 95% interval and the value that means 'no difference' (null)."""
+
+    value: float
+    low: float
+    high: float
+    null: float
+
+    @property
+    def verdict(self) -> str:
+        """'faster'/'slower' (speedups, null 1) or 'higher'/'lower' (differences, null 0) when
+        the interval excludes the null, else 'not distinguishable'."""
+        up, down = ("faster", "slower") if self.null == 1 else ("higher", "lower")
+        if math.isnan(self.low) or math.isnan(self.high):
+            return "n/a"
+        return up if self.low > self.null else down if self.high < self.null \
+            else "not distinguishable"
+
+
+def percentile(value: float, reps: np.ndarray, null: float, level: float = LEVEL) -> Estimate:
+    """Percentile interval of bootstrap replicates `reps` [B] (NaN replicates left out)."""
+    reps = np.asarray(reps, float)
+    reps = reps[~np.isnan(reps)]
+    if not reps.size:
+        return Estimate(value, math.nan, math.nan, null)
+    low, high = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(value), float(low), float(high), null)
+
+
+def resamples(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Seed indices of `n_boot` bootstrap resamples: [n_boot, n_seeds], row 0 the sample itself
+    (so that replicate 0 is the point estimate)."""
+    idx = rng.integers(0, n_seeds, (n_boot + 1, n_seeds))
+    idx[0] = np.arange(n_seeds)
+    return idx
+
+
+def statistics(base: Arm, variant: Arm, base_idx: np.ndarray, idx: np.ndarray,
+               frac: float = 0.99) -> dict[str, np.ndarray]:
+    """Speedup, peak and final differences (variant - baseline) of resampled seed means.
+    base_idx: [B, Sb], idx: [B, Sv] -> each statistic [B]."""
+    base_mean = base.values[base_idx].mean(axis=1)                       # [B, gb]
+    mean = variant.values[idx].mean(axis=1)                              # [B, gv]
+    return {"speedup": speedups(base.x, base_mean, variant.x, mean, frac)["speedup"],
+            "peak_diff": peak(variant.x, mean) - peak(base.x, base_mean),
+            "final_diff": variant.last[idx].mean(axis=1) - base.last[base_idx].mean(axis=1)}
+
+
+def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
+            n_boot: int = N_BOOT, seed: int = 0) -> tuple[dict[str, Estimate], dict]:
+    """Bootstrap comparison of `variant` against `base`: Estimates of speedup (null 1),
+    peak_diff and final_diff (null 0), and the replicates {name: [n_boot]}. Paired: both arms
+    restricted to their common seeds and resampled with the same indices."""
+    rng = np.random.default_rng(seed)
+    if paired:
+        common = np.array([s for s in base.seeds if s in set(variant.seeds)])
+        if not common.size:
+            raise ValueError("paired comparison needs seeds common to both variants; got "
+                             f"{list(base.seeds)} and {list(variant.seeds)}")
+        base, variant = base.select(common), variant.select(common)
+        base_idx = idx = resamples(len(common), n_boot, rng)
+    else:
+        base_idx = resamples(len(base.seeds), n_boot, rng)
+        idx = resamples(len(variant.seeds), n_boot, rng)
+    stats = statistics(base, variant, base_idx, idx, frac)
+    nulls = {"speedup": 1.0, "peak_diff": 0.0, "final_diff": 0.0}
+    est = {k: percentile(v[0], v[1:], nulls[k]) for k, v in stats.items()}
+    return est, {k: v[1:] for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# cost regime: wall-clock speedup predicted from the per-step curves
+# ----------------------------------------------------------------------------------------------
+
+def regime(step_speedup: Estimate, step_reps: np.ndarray, costs: np.ndarray) -> pd.DataFrame:
+    """Predicted wall-clock speedup at each step-cost ratio c in `costs` [k]: the per-step
+    speedup / c, with the percentile interval of the replicates / c. One row per c."""
+    costs = np.asarray(costs, float)
+    if (costs <= 0).any():
+        raise ValueError(f"step-cost ratios must be > 0; got {costs.tolist()}")
+    rows = [percentile(step_speedup.value / c, np.asarray(step_reps) / c, 1.0) for c in costs]
+    return pd.DataFrame({"cost_ratio": costs, "predicted": [r.value for r in rows],
+                         "ci_low": [r.low for r in rows], "ci_high": [r.high for r in rows]})
+
+
+def cost_grid(measured: float, points: int = 50) -> np.ndarray:
+    """Step-cost ratios for the map: from 1.0 to the measured one, widened to take in the
+    paper's PAPER_COST, `points` of them."""
+    ends = [1.0, PAPER_COST] + ([measured] if np.isfinite(measured) else [])
+    return np.linspace(min(ends), max(ends), points)
+
+
+def regime_check(step_speedup: Estimate, step_reps: np.ndarray, wall: Estimate,
+                 cost: float) -> dict[str, float | bool]:
+    """The prediction at the measured step-cost ratio against the measured wall-clock speedup:
+    predicted value and interval, and whether the prediction lies inside the measured
+    interval."""
+    row = regime(step_speedup, step_reps, np.array([cost])).iloc[0]
+    inside = bool(wall.low <= row["predicted"] <= wall.high)
+    return {"cost_ratio": cost, "predicted": float(row["predicted"]),
+            "predicted_ci_low": float(row["ci_low"]), "predicted_ci_high": float(row["ci_high"]),
+            "inside_measured_ci": inside}
+
+
+def seed_speedups(base: Arm, variant: Arm, frac: float = 0.99) -> pd.DataFrame:
+    """Per-seed speedups, pairing equal seeds (seeds of one arm only are left out), each with
+    the threshold from the baseline seed's own peak: one row per seed with threshold, x_base,
+    x_method, speedup."""
+    common = np.array([s for s in base.seeds if s in set(variant.seeds)])
+    cols = ["seed", "threshold", "x_base", "x_method", "speedup"]
+    if not common.size:
+        return pd.DataFrame(columns=cols)
+    b, v = base.select(common), variant.select(common)
+    return pd.DataFrame({"seed": common, **speedups(b.x, b.values, v.x, v.values, frac)})[cols]
