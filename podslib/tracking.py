@@ -29,15 +29,17 @@ to be opened later:
   (MLflow's file store, ./mlruns, is in maintenance mode and refuses to start without an opt-out);
   the config as params, tables with `log_table` as <name>/step_<step>.json artifacts; MLflow's
   usage telemetry off (MLFLOW_DISABLE_TELEMETRY). View with `pip install mlflow` then
-  `mlflow ui --backend-store-uri sqlite:///run_dir/mlflow/mlflow.db`.
+  `mlflow ui --backend-store-uri sqlite:///run_dir/mlflow/mlflow.db` (the store keeps the
+  artifacts' absolute path: a moved run folder shows its metrics and params, not its tables).
 
 Resume: `make_tracker(..., resume_step=s)` continues the tracker run of an earlier process, where
 s is the last step whose logs the run folder keeps (the checkpoint's step; -1 if none). Steps
 after s that the earlier process logged are hidden by TensorBoard (purge_step); wandb reuses the
 run id kept in run_dir/wandb/run_id and adds an offline part (`wandb sync` uploads the parts in
-order); MLflow reopens the run whose id is kept in run_dir/mlflow/run_id and keeps both values of
-a step logged twice, and params already logged keep their first value. Without an id to reuse, a
-new tracker run starts, as for resume_step=None.
+order; W&B resolves a step that both parts logged); MLflow reopens the run whose id is kept in
+run_dir/mlflow/run_id, keeps both values of a step logged twice and appends the rows of a table
+logged again, and params already logged keep their first value. Without an id to reuse, a new
+tracker run starts, as for resume_step=None.
 """
 from __future__ import annotations
 
@@ -139,7 +141,10 @@ class Tracker:
 
     def log_table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
         """A table (e.g. completions: prompt, completion, reward, selected) at `step`; the
-        columns are the rows' keys in first-seen order, a missing cell is None."""
+        columns are the rows' keys in first-seen order, a missing cell is None. No rows: nothing
+        is logged."""
+        if not rows:
+            return
         columns = list(dict.fromkeys(k for row in rows for k in row))
         cells = [[row.get(c) for c in columns] for row in rows]
         for b in self.backends:

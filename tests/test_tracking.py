@@ -42,6 +42,7 @@ def log_run(tracker) -> None:
     steps(tracker, 1, 3)
     tracker.log_eval({"step": 3, "accuracy": 0.25, "n_problems": 8, "greedy": False}, 3)
     tracker.log_table("completions", ROWS, 3)
+    tracker.log_table("empty", [], 3)                   # no rows: not logged
     tracker.close()
 
 
@@ -188,6 +189,7 @@ def test_tensorboard_reads_back(need, tmp_path):
     assert scalars["train/loss"] == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
     assert scalars["train/tokens"] == [(1, 10.0), (2, 20.0), (3, 30.0)]
     assert scalars["eval/accuracy"] == [(3, 0.25)] and scalars["eval/n_problems"] == [(3, 8.0)]
+    assert sorted(texts) == ["completions", "config"]
     (step, text), = texts["config"]
     assert step == 0 and json.loads(text.removeprefix("```json").removesuffix("```")) == CONFIG
     (step, text), = texts["completions"]
@@ -334,6 +336,7 @@ def test_mlflow_reads_back(need, tmp_path):
     assert history(client, run_id, "train/loss") == [(1, 1.0), (2, 0.5),
                                                      (3, pytest.approx(1 / 3))]
     assert history(client, run_id, "eval/accuracy") == [(3, 0.25)]
+    assert [a.path for a in client.list_artifacts(run_id)] == ["completions"]
     local = Path(client.download_artifacts(run_id, "completions/step_3.json", str(tmp_path)))
     saved = json.loads(local.read_text())
     assert saved["columns"] == list(ROWS[0])
