@@ -62,7 +62,8 @@ def need():
 
 @pytest.fixture(autouse=True)
 def wandb_home(monkeypatch, tmp_path):
-    """W&B's own folders (cache, staging, settings) under tmp_path, and its messages off."""
+    """W&B's own folders (cache, staging, settings) beside tmp_path (which stays the run
+    folder), not in the home folder; its messages off."""
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
         monkeypatch.setenv(var, str(tmp_path.parent / f"{tmp_path.name}-wandb" / var.lower()))
     monkeypatch.setenv("WANDB_SILENT", "true")
