@@ -156,6 +156,8 @@ def warm_start(settings: Any, cache_dir: str | Path) -> Path:
     folder = Path(cache_dir).expanduser() / settings_key(settings, WARM_START_FIELDS, "sft")
 
     def build(out: Path) -> None:
+        from tqdm.auto import tqdm
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.warm_start_seed)
             model, tokenizer = load_policy(base)
@@ -163,18 +165,25 @@ def warm_start(settings: Any, cache_dir: str | Path) -> Path:
             k = min(CHECK_PROBLEMS, len(examples) // 5)        # small tasks keep 80% to train
             held_out, examples = examples[:k], examples[k:]
             checks: list[dict[str, float]] = []
+            bar = tqdm(total=settings.warm_start_steps, desc="warm-start", unit="step",
+                       dynamic_ncols=True)
 
             def reached_target(step: int, loss: float) -> bool:
+                bar.update(1)
                 if not settings.warm_start_target or step % settings.warm_start_check_every:
                     return False
                 accuracy = sampled_accuracy(model, tokenizer, held_out, settings.template,
                                             settings.warm_start_seed)
                 checks.append({"step": step, "loss": loss, "accuracy": accuracy})
+                bar.set_postfix_str(f"sampled accuracy {accuracy:.0%} at step {step} "
+                                    f"(target {settings.warm_start_target:.0%})")
                 return accuracy >= settings.warm_start_target
 
-            losses = train_sft(model, tokenizer, examples, settings.warm_start_steps,
-                               settings.warm_start_batch_size, settings.warm_start_lr,
-                               settings.template, settings.warm_start_seed, reached_target)
+            with bar:
+                losses = train_sft(model, tokenizer, examples, settings.warm_start_steps,
+                                   settings.warm_start_batch_size, settings.warm_start_lr,
+                                   settings.template, settings.warm_start_seed, reached_target)
+                bar.total = bar.n                     # stopped at the target: the bar ends full
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "warm_start.json").write_text(json.dumps(
