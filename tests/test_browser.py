@@ -32,6 +32,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 # The user's answer to JupyterLab's first-start question about news (no toast, no requests).
 LAB_SETTINGS = ("@jupyterlab/apputils-extension/notification.jupyterlab-settings",
                 {"fetchNews": "false", "checkForUpdates": False})
+PROGRESS_WIDGET = ".jp-OutputArea .widget-hprogress"
 ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
 
@@ -98,7 +99,9 @@ def run_all_cells(page, after: int, timeout: float = 150) -> int:
         return [int(m.group(1)) if m else 0 for m in found]
 
     def done(_):
-        return page.find_elements(By.CSS_SELECTOR, ERROR_OUTPUT) or min(counts()) > after
+        numbers = counts()
+        return page.find_elements(By.CSS_SELECTOR, ERROR_OUTPUT) or (
+            bool(numbers) and min(numbers) > after)
 
     WebDriverWait(page, timeout, poll_frequency=0.5).until(done)
     return max(counts())
@@ -176,7 +179,7 @@ def test_train_notebook_in_a_real_browser(tmp_path):
             text = outputs_text(page)
             assert re.search(r"run: \d+ steps in [\d.]+ s of training .*; test accuracy "
                              r"[\d.]+ at the start -> [\d.]+ best -> [\d.]+ final", text), text
-            bars = [b for b in page.find_elements(By.CSS_SELECTOR, ".jp-OutputArea .widget-hprogress")
+            bars = [b for b in page.find_elements(By.CSS_SELECTOR, PROGRESS_WIDGET)
                     if widget_text(b).startswith("run ")]     # (transformers shows its own too)
             assert len(bars) == 1, "the live bar is not a rendered progress widget"
             label = widget_text(bars[0])
@@ -199,4 +202,5 @@ def test_train_notebook_in_a_real_browser(tmp_path):
                 len(steps.splitlines())
         finally:
             page.quit()
+    assert "without encryption" not in (tmp_path / "lab.log").read_text()   # as `make lab`
     print(f"screenshot: {shot}")
