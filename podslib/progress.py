@@ -1,0 +1,133 @@
+"""What a person sees of one training run: the live bar while it trains, a short summary after
+it, and the 03_train notebook's choice between training, resuming and showing a finished run.
+
+The bar counts the budget, not iterations: its fraction is that of max_steps or of
+max_train_seconds (the training clock, evaluation excluded), whichever is further along, so its
+ETA is the wall time to the end of the budget. It shows what moves during GRPO: the mean reward,
+the groups with signal (rewards not all equal), seconds per step and the latest test accuracy.
+The loss is left out: with mu = 1 the surrogate's value is 0 by construction (ratio 1, the
+advantages of a group sum to zero), only its gradient is not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+SCALE = 1000     # the bar counts thousandths of the budget (integers: it ends exactly full)
+
+
+def budget_text(cfg: Any, step: int | None = None, seconds: float | None = None) -> str:
+    """'step 17/100, 45/90 s of training' (a budget left at 0 is not shown); without step and
+    seconds, the budget alone: 'at most 100 steps, 90 s of training'."""
+    if step is None:
+        parts = ([f"at most {cfg.max_steps} steps"] if cfg.max_steps else []) + \
+            ([f"{cfg.max_train_seconds:g} s of training"] if cfg.max_train_seconds else [])
+        return ", ".join(parts)
+    parts = [f"step {step}/{cfg.max_steps}" if cfg.max_steps else f"step {step}"]
+    if cfg.max_train_seconds:
+        digits = 0 if cfg.max_train_seconds >= 60 else 1
+        parts.append(f"{seconds:.{digits}f}/{cfg.max_train_seconds:g} s of training")
+    return ", ".join(parts)
+
+
+class TrainingBar:
+    """A tqdm bar over one run's budget (a widget in a notebook, text elsewhere); see module
+    docstring. `state` is the trainer's LoopState (step, train_time_s) when the bar starts."""
+
+    def __init__(self, cfg: Any, name: str, state: Any, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.cfg = cfg
+        self.latest = ""                       # reward, signal, s/step of the latest step
+        self.test_accuracy: float | None = None
+        self.bar = tqdm(total=SCALE, desc=name, bar_format=BAR_FORMAT, dynamic_ncols=True,
+                        disable=not enabled)
+        self._move(state.step, state.train_time_s, refresh=True)
+
+    def fraction(self, step: int, seconds: float) -> float:
+        """Share of the budget used: the larger of the step and the training-clock shares."""
+        shares = [step / self.cfg.max_steps if self.cfg.max_steps else 0.0,
+                  seconds / self.cfg.max_train_seconds if self.cfg.max_train_seconds else 0.0]
+        return min(1.0, max(shares))
+
+    def text(self, step: int, seconds: float) -> str:
+        parts = [budget_text(self.cfg, step, seconds), self.latest]
+        if self.test_accuracy is not None:
+            parts.append(f"test accuracy {self.test_accuracy:.3f}")
+        return ", ".join(p for p in parts if p)
+
+    def _move(self, step: int, seconds: float, refresh: bool = False) -> None:
+        """Show (step, seconds); tqdm redraws at most every 0.1 s unless `refresh`."""
+        self.position = (step, seconds)
+        self.bar.set_postfix_str(self.text(step, seconds), refresh=False)
+        self.bar.update(round(self.fraction(step, seconds) * SCALE) - self.bar.n)
+        if refresh:
+            self.bar.refresh()
+
+    def step(self, record: dict[str, Any]) -> None:
+        """After a step; `record` is its metrics.jsonl line (step, train_time_s,
+        reward_mean_all, zero_var_frac)."""
+        groups = self.cfg.prompts_per_step
+        signal = round((1.0 - record["zero_var_frac"]) * groups)
+        self.latest = (f"reward {record['reward_mean_all']:.2f}, signal {signal}/{groups} "
+                       f"groups, {record['train_time_s'] / record['step']:.2f} s/step")
+        self._move(record["step"], record["train_time_s"])
+
+    def accuracy(self, value: float) -> None:
+        """After an evaluation: its test accuracy."""
+        self.test_accuracy = value
+        self._move(*self.position, refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def duration(seconds: float) -> str:
+    """'8.4 s' under a minute, else '2m41s'."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """One line for a person from a run's summary (summary.json): steps, training time and the
+    test accuracy at the start, its best and at the end."""
+    name = Path(summary["run_dir"]).name
+    line = (f"{name}: {summary['steps']} steps in {duration(summary['train_time_s'])} of "
+            f"training ({duration(summary['wall_s'])} wall clock)")
+    start, best, final = (summary.get(k) for k in
+                          ("base_accuracy", "best_accuracy", "final_accuracy"))
+    if start is None:
+        return line
+    return line + (f"; test accuracy {start:.3f} at the start -> {best:.3f} best -> "
+                   f"{final:.3f} final")
+
+
+def train_or_show(cfg: Any, run_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """03_train's run: a complete run in `run_dir` (summary.json) is only shown (its summary is
+    returned, nothing is trained), an interrupted one is resumed from its last checkpoint (an
+    error when `resume` is False), an empty folder is trained. Errors name the notebook's
+    parameters (config_file, variant, seed, overrides, run_dir, resume)."""
+    from . import rundir
+    from .trainer import train
+
+    run_dir = Path(run_dir)
+    try:
+        state = rundir.run_state(cfg, run_dir)
+    except ValueError as err:
+        raise ValueError(f"{err}; in 03_train choose another run_dir, or the config_file, "
+                         "variant, seed and overrides it was run with") from None
+    if state == "complete":
+        print(f"{run_dir} holds a complete run: shown below, not trained again "
+              "(choose another run_dir to train a new one)")
+        return json.loads((run_dir / "summary.json").read_text())
+    if state == "resume" and not resume:
+        raise ValueError(f"run_dir {str(run_dir)!r} holds an interrupted run; set resume = True "
+                         "to continue it from its last checkpoint, or choose another run_dir")
+    if state == "resume":
+        print(f"{run_dir} holds an interrupted run: resuming it from its last checkpoint")
+    return train(cfg, run_dir, resume=state == "resume")
