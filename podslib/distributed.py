@@ -78,8 +78,9 @@ def setup(device: str) -> tuple[DistInfo, str]:
 
 
 def teardown() -> None:
-    """Leave the process group (if one was joined)."""
-    if dist.is_initialized():
+    """Leave the process group `setup` joined, if it joined one. A single process leaves
+    alone any group a library made for itself (vLLM's engine does): its owner destroys it."""
+    if DistInfo.from_env().enabled and dist.is_initialized():
         dist.destroy_process_group()
 
 

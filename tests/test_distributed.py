@@ -1,7 +1,8 @@
 """Data parallel over prompts: `torchrun --nproc_per_node 2` (or `accelerate launch`) on CPU
 (gloo) ends with the same parameters and the same per-step rollout statistics as one process
 over the same global batch, with full replicas (sharding 'none') and with FSDP2 shards
-(sharding 'fsdp')."""
+(sharding 'fsdp'); the same with an in-process vLLM engine on each rank (the `vllm` tests: in CI,
+CI=true, a missing vllm is a failure, not a skip)."""
 
 import json
 import os
@@ -15,17 +16,19 @@ from test_trainer import easy
 
 from podslib import distributed as D
 from podslib import rundir
+from podslib.rollout import vllm_available
 
 ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
                 "tokens_trained", "accuracy_all")
 
 
-def run(args: list[str], cwd) -> None:
+def run(args: list[str], cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=400,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
 
 
 def launcher(name: str, ranks: int) -> list[str]:
@@ -103,10 +106,27 @@ def test_dist_info_reads_the_launcher_environment(monkeypatch):
     assert rank == D.DistInfo(5, 8, 1) and rank.enabled and not rank.is_main
 
 
+def test_single_process_teardown_leaves_a_library_group_alone(tmp_path, monkeypatch):
+    """Without a launcher (no WORLD_SIZE) `setup` joins nothing, so `teardown` destroys nothing:
+    a group made by a library (vLLM's engine makes one) is its owner's to destroy; destroyed
+    under it, the engine's own cleanup at exit fails on it."""
+    import torch.distributed as dist
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0,
+                            world_size=1)
+    try:
+        D.teardown()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 GLOO_THREADS_AFTER_TEARDOWN = """
 import os, sys
 import torch
 from podslib import distributed as D
+from podslib.rollout import vllm_available
 
 D.setup("cpu")
 from transformers import AutoModelForCausalLM  # imports torch.distributed.fsdp
@@ -200,3 +220,96 @@ def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, tmp_
     assert [m["blank_micro_batches"] for m in metrics(tmp_path / "one")] == [0, 0, 0]
     blanks = [m["blank_micro_batches"] for m in metrics(tmp_path / "two")]
     assert any(blanks) and all(b % 2 == 0 for b in blanks), blanks
+
+
+# ----------------------------------------------------------------------------------------------
+# vLLM inside the group: one in-process engine per rank
+# ----------------------------------------------------------------------------------------------
+
+# Each rank's engine reserves this share of the memory node's RAM (about 1.3 GiB here, most of it
+# KV cache; the default 0.3 is meant for a GPU).
+VLLM_MEMORY = 0.15
+
+
+def require_vllm() -> None:
+    if vllm_available():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
+                    pytrace=False)
+    pytest.skip("vllm is not importable (run `make setup`)")
+
+
+VLLM_ENGINE_IN_A_GROUP = """
+import os, sys
+import torch
+from podslib import distributed as D
+from podslib.rollout import SamplingParams, make_engine
+
+D.setup("cpu")
+prompts = [f"Q:{i}+{2 * i}\\nA:" for i in range(6)]
+greedy = SamplingParams(temperature=0, max_tokens=8)
+
+def engine():
+    return make_engine("vllm", model_path=sys.argv[1], seed=0,
+                       gpu_memory_utilization=float(sys.argv[2]))
+
+def tokens(e):
+    return [c.token_ids for g in e.generate(prompts, 1, greedy) for c in g.completions]
+
+def gloo_groups():   # each gloo process group runs one gloo_tcp_loop thread (Linux, as vLLM CPU)
+    names = [open(f"/proc/self/task/{t}/comm").read() for t in os.listdir("/proc/self/task")]
+    return sum(name.strip() == "gloo_tcp_loop" for name in names)
+
+assert gloo_groups() == 1
+first = engine()
+assert os.environ["LOCAL_WORLD_SIZE"] == "1" and gloo_groups() > 1
+greedy_tokens = tokens(first)
+first.close()
+assert D.all_reduce_sum(torch.ones(1)).item() == 2, "closing the engine destroyed the ranks' group"
+assert os.environ["LOCAL_WORLD_SIZE"] == "2", "torchrun's environment is not restored"
+assert gloo_groups() == 1, f"{gloo_groups() - 1} of vLLM's groups outlived the engine"
+second = engine()
+assert tokens(second) == greedy_tokens
+D.teardown()   # `second` stays open: vLLM shuts it down at exit, after the group is gone
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_engine_in_a_process_group_leaves_the_group_to_its_owner(tmp_path):
+    """On each of two ranks: an engine joins the ranks' gloo group (vLLM's external_launcher
+    executor), generates, and closing it destroys the groups vLLM made (their gloo threads end)
+    but not the ranks' group, which still all-reduces, and restores torchrun's LOCAL_WORLD_SIZE
+    (vLLM's CPU platform sets 1). A second engine then starts in the same group and generates the
+    same tokens; left open over the ranks' teardown, it is shut down at exit without an error."""
+    require_vllm()
+    from podslib.models import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")   # head_dim 32: vLLM's CPU attention needs >= 32
+    script = tmp_path / "probe.py"
+    script.write_text(VLLM_ENGINE_IN_A_GROUP)
+    proc = run([*launcher("torchrun", 2), str(script), str(model), str(VLLM_MEMORY)], tmp_path)
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_distributed_fsdp_matches_one_process(tmp_path, tmp_path_factory):
+    """configs/gsm8k_8gpu.yaml in small: engine vllm with FSDP2 over two ranks, each rank's
+    engine sampling its 2 prompts per step (and its share of the evaluations at steps 0 and 3)
+    from the unsharded copy synced after every update. After 3 steps: the same rollouts,
+    parameters and optimizer state as one process with engine vllm, and each rank holds half of
+    the parameters. One attention head of 32 dimensions: vLLM's CPU attention has no kernel for
+    head_dim 16 (the 2 heads of the hf tests' model)."""
+    require_vllm()
+    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+               micro_batch_size=3, test_size=8, engine="vllm",
+               gpu_memory_utilization=VLLM_MEMORY, **{"tiny.heads": 1})
+    config = tmp_path / "config.yaml"
+    cfg.to_yaml(config)
+    train(config, tmp_path / "one", 1)
+    train(config, tmp_path / "two", 2, "sharding=fsdp")
+    assert_same_run(tmp_path / "one", tmp_path / "two", steps=3)
+    (total,) = summary(tmp_path / "one")["param_numel_per_rank"]
+    assert summary(tmp_path / "two")["param_numel_per_rank"] == [total // 2] * 2

@@ -11,7 +11,7 @@ from podslib import batch as B
 from podslib import step as S
 from podslib import trainer as T
 from podslib.cli import parse_overrides
-from podslib.config import Config, parse_yaml_value
+from podslib.config import Config, merge, parse_yaml_value
 from podslib.data import step_prompt_indices
 from podslib.rollout import Completion, Group
 from podslib.seeding import derive_seed
@@ -35,7 +35,8 @@ def cache_dir(tmp_path_factory):
 
 
 def easy(cache_dir, **overrides) -> Config:
-    return Config.from_dict({**EASY, "cache_dir": str(cache_dir), **overrides})
+    """The EASY config; overrides may set one tiny setting with a dotted key ('tiny.heads')."""
+    return Config.from_dict(merge({**EASY, "cache_dir": str(cache_dir)}, overrides))
 
 
 @pytest.fixture(scope="module")

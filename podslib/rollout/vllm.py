@@ -11,12 +11,23 @@
   weights at load time, so `model.load_weights` fails there; `reload_weights` undoes and redoes
   the repacking. It is reached with `collective_rpc`, which calls the worker directly in
   this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) on CPU and GPU builds alike.
+- Inside a torch.distributed group (one engine per data-parallel rank, under torchrun or
+  accelerate launch) vLLM joins that group instead of making its own, with the
+  `external_launcher` executor: rank and device come from the launcher's RANK and LOCAL_RANK
+  (the default executor would put every rank's engine on device 0). With tensor parallel size
+  1 each rank's engine is independent and generates its own prompts: vLLM's world group is the
+  ranks' group, its model-parallel groups hold one rank each. Making them is collective, so
+  every rank starts its engine at the same point. On CPU, gpu_memory_utilization is the share
+  of the memory node's RAM each rank's engine reserves. Closing an engine leaves the ranks'
+  group working (see `_shutdown`).
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import weakref
+from unittest import mock
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede `import vllm`
 
@@ -58,9 +69,7 @@ class VLLMEngine(Engine):
 
         path = resolve_model_path(model_path)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
-        self.owns_process_group = not (
-            torch.distributed.is_available() and torch.distributed.is_initialized()
-        )
+        in_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
         environ = dict(os.environ)  # vLLM sets LOCAL_WORLD_SIZE, LD_PRELOAD, ...: undone on close
         try:
@@ -71,9 +80,15 @@ class VLLMEngine(Engine):
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=device == "cpu",
+                distributed_executor_backend="external_launcher" if in_group else None,
             )
         finally:
             torch.set_num_threads = set_num_threads
+        # The in-process client shuts the engine core down when collected or at exit; that and
+        # `close` go through `_shutdown`.
+        client = self.llm.llm_engine.engine_core
+        client._finalizer.detach()
+        client._finalizer = weakref.finalize(client, _shutdown, client.engine_core, in_group)
         self.environ_before = {
             key: environ.get(key)
             for key in set(environ) | set(os.environ)
@@ -134,20 +149,12 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         """Shut the engine down, free its weights and KV cache and undo its environment
-        variables, so that another engine (or anything else) can start cleanly."""
+        variables, so that another engine (or anything else) can start cleanly. Inside a
+        process group the group stays usable (see `_shutdown`)."""
         if self.llm is None:
             return
-        from vllm.distributed.parallel_state import (
-            cleanup_dist_env_and_memory,
-            destroy_model_parallel,
-        )
-
-        self.llm.llm_engine.engine_core.shutdown()
+        self.llm.llm_engine.engine_core._finalizer()  # `_shutdown`, once
         self.llm = None
-        if self.owns_process_group:
-            cleanup_dist_env_and_memory()
-        else:
-            destroy_model_parallel()
         for key, value in self.environ_before.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -156,3 +163,24 @@ class VLLMEngine(Engine):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _shutdown(core, in_group: bool) -> None:
+    """Stop vLLM's engine core (on `close`, else when collected or at interpreter exit).
+
+    EngineCore.shutdown ends with vLLM's cleanup_dist_env_and_memory, which destroys vLLM's
+    process groups and then torch's default group. Outside a group that is the group vLLM
+    created; inside one it is the caller's, so there only vLLM's groups (subgroups of the
+    caller's) are destroyed. An engine left open when a rank fails is shut down at exit, after
+    the caller destroyed its group and vLLM's with it: vLLM then only drops its references."""
+    if not in_group:
+        core.shutdown()
+        return
+    destroy = torch.distributed.destroy_process_group
+
+    def destroy_subgroup(group=None) -> None:
+        if group is not None and torch.distributed.is_initialized():
+            destroy(group)
+
+    with mock.patch.object(torch.distributed, "destroy_process_group", destroy_subgroup):
+        core.shutdown()
