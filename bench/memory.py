@@ -69,9 +69,10 @@ def measure(n: int, m: int, micro_batch_size: int, cache_dir: str) -> dict:
     prompts = [render_prompt(e, "tiny", tokenizer) for e in examples]
     groups = generate(engine, prompts, cfg, seeds=list(range(PROMPTS)))
     scored = score(groups, [e.gold for e in examples], cfg)
-    keep, idx, adv = select_rollouts(scored.rewards, cfg, step=0)
+    idx, adv = select_rollouts(scored.rewards, cfg, step=0)
     adv = torch.where(adv == 0, torch.ones_like(adv), adv)       # a gradient in every row
-    batch = build_batch(groups, idx, adv, keep, tokenizer.pad_token_id)
+    batch = build_batch(groups, idx, adv, torch.ones_like(idx, dtype=torch.bool),
+                        tokenizer.pad_token_id)
     sequences, tokens = len(batch), int(batch.completion_mask.sum())
     update(policy, optimizer, scheduler, batch.rows(0, 1), cfg, None, 1, 1)     # Adam state
     Path("/proc/self/clear_refs").write_text("5")

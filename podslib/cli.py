@@ -4,6 +4,7 @@
     pods report [EXPERIMENT ...]                          rebuild figures and summary tables
     pods config CONFIG VARIANT [--seed S]                 print one run's full Config YAML
     pods train CONFIG RUN_DIR [--resume] [key=value ...]  train one run (torchrun entry point)
+    pods evaluate RUN_DIR [--checkpoint best] [key=value ...]  test accuracy of a checkpoint
     pods reproduce                                        the tiny default end to end
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
@@ -65,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="Config fields to change, value read as YAML (tiny.hidden=64)")
+    evaluate = sub.add_parser("evaluate", help="test accuracy of a run's best or latest "
+                              "checkpoint (on other problems with test_source=..., test_size=...)")
+    evaluate.add_argument("run_dir", help="run folder")
+    evaluate.add_argument("--checkpoint", choices=("best", "latest"), default="best")
+    evaluate.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="Config fields to change for the evaluation")
     repro = sub.add_parser("reproduce", parents=[common],
                            help="the tiny default end to end (results/tiny/)")
     repro.add_argument("--config", default=str(pipeline.CONFIGS / "tiny.yaml"),
@@ -137,6 +144,13 @@ def _dispatch(args) -> dict:
         return {"done": [], "failed": []}
     if args.command == "train":
         return _train(args)
+    if args.command == "evaluate":
+        from .trainer import evaluate_checkpoint
+
+        result = evaluate_checkpoint(args.run_dir, args.checkpoint, **parse_overrides(
+            args.overrides))
+        print(json.dumps(result, indent=2))
+        return {"done": [args.run_dir], "failed": []}
     if args.command == "paper":
         from . import paper
 

@@ -24,6 +24,7 @@ import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 import yaml
@@ -39,17 +40,19 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 def option(default: Any, help: str, *, choices: str | tuple | None = None,
            low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False, pattern: tuple[str, str] | None = None,
-           resume_safe: bool = False) -> Any:
+           check: str | None = None, resume_safe: bool = False) -> Any:
     """A dataclass field with its help and what it accepts.
 
     choices: a tuple of values, or 'module.NAME' naming a podslib registry (imported when a value
     is checked, so a rule registered later is accepted). low / high: numeric bounds (closed
     unless *_open). pattern: (regex a string must match in full, what that means in words).
-    resume_safe: may differ when a run is resumed (budgets and cadence change when a run
+    check: 'module.function' of podslib that raises ValueError for a bad value (for values no
+    registry or range describes). resume_safe: may differ when a run is resumed (budgets and cadence change when a run
     stops, never what a step computes).
     """
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
-            "high_open": high_open, "pattern": pattern, "resume_safe": resume_safe}
+            "high_open": high_open, "pattern": pattern, "check": check,
+            "resume_safe": resume_safe}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,14 +98,14 @@ def _type_hints(kind: type) -> dict[str, Any]:
 
 def check_field(name: str, value: Any, hint: Any, meta: dict) -> None:
     """ValueError naming `name` unless `value` has type `hint` and meets `meta`."""
-    args = typing.get_args(hint)
-    if type(None) in args:
-        if value is None:
-            return
-        hint = next(a for a in args if a is not type(None))
-    expected = _type_error(name, value, hint)
-    if expected:
-        raise ValueError(f"{name} must be {expected}; got {value!r}")
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else ()
+    if value is None and type(None) in args:
+        return
+    errors = [_type_error(name, value, h) for h in (args or (hint,)) if h is not type(None)]
+    if all(errors):
+        raise ValueError(f"{name} must be {' or '.join(errors)}; got {value!r}")
+    if meta.get("check"):
+        _registry(meta["check"])(value)
     if meta.get("choices") is not None:
         _check_choice(name, value, meta["choices"])
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -265,6 +268,11 @@ class Config:
     adv_over: str = option("selected", "Advantage statistics over the 'selected' m (paper) or "
                            "'all' n.", choices=("selected", "all"))
     prompts_per_step: int = option(8, "Prompts per optimizer step (global, over all ranks).", low=1)
+    refill_rounds: int = option(0, "DAPO dynamic sampling: extra generation rounds of new prompts "
+                                "while fewer than prompts_per_step groups pass group_filter "
+                                "(0 = drop the failing groups, no refill).", low=0)
+    mask_truncated_completions: bool = option(False, "Leave completions cut at "
+                                              "max_completion_tokens out of the loss.")
     temperature: float = option(0.9, "Sampling temperature for training rollouts.", low=0,
                                 low_open=True)
     top_p: float = option(1.0, "Nucleus sampling for training rollouts.", low=0, high=1,
@@ -282,6 +290,14 @@ class Config:
                               choices="loss.AGGREGATIONS")
     scale_rewards: str = option("group", "Advantage scaling: 'group' std, 'batch' std or 'none'.",
                                 choices="advantages.SCALES")
+    entropy_coef: float = option(0.0, "Entropy bonus: this times the token entropy is subtracted "
+                                 "from the loss (0 = off; the entropy is logged either way).")
+    is_correction: str = option("none", "Importance correction for the sampler/trainer mismatch: "
+                                "'tis' (truncated per token), 'mis' (sequence masking) or "
+                                "'none'.", choices="loss.IS_CORRECTIONS")
+    is_cap: float = option(2.0, "Importance correction: tis truncates ratios at this; mis keeps "
+                           "sequences whose geometric-mean ratio lies in [1/is_cap, is_cap].",
+                           low=1)
     reward_weights: dict[str, float] = option({"correctness": 1.0}, "Reward terms and weights "
                                               "(correctness, format, tags, strict_format).",
                                               choices="rewards.REWARD_TERMS")
@@ -320,6 +336,16 @@ class Config:
     eval_repeats: int = option(5, "Sampled completions per test problem (paper: 5).", low=1)
     eval_temperature: float = option(0.9, "Evaluation sampling temperature (paper: 0.9).", low=0)
     eval_greedy: bool = option(False, "Evaluate greedily (one completion per problem) instead.")
+    keep_best_checkpoint: bool = option(True, "Keep the weights of the best evaluation in "
+                                        "checkpoints/best (beside the latest ones).")
+    log_completions: int = option(1, "At each evaluation, log the n rollouts (prompt, "
+                                  "completion, reward, selected) of this many prompts of the "
+                                  "latest step to completions.jsonl and the trackers; 0 = off.",
+                                  low=0)
+    report_to: str | list[str] = option("none", "Experiment trackers: 'none', 'tensorboard', "
+                                        "'wandb', 'mlflow' or a list (all offline, in the run "
+                                        "folder).", check="tracking.check_report_to",
+                                        resume_safe=True)
 
     # --- where things go ---------------------------------------------------------------------
     results_root: str = option("results", "Root folder of run folders.", pattern=NON_EMPTY,
@@ -353,6 +379,9 @@ class Config:
         if self.model == "tiny" and self.tiny.warm_start and self.task != "arith":
             raise ValueError(f"tiny.warm_start trains the tiny model on task 'arith'; got "
                              f"task={self.task!r} (set tiny.warm_start: false)")
+        if self.refill_rounds and self.group_filter == "none":
+            raise ValueError(f"refill_rounds > 0 refills the groups group_filter drops; got "
+                             f"refill_rounds={self.refill_rounds} with group_filter 'none'")
         if not self.eval_greedy and self.eval_temperature <= 0:
             raise ValueError(f"eval_temperature must be > 0 for sampled evaluation (or set "
                              f"eval_greedy: true); got {self.eval_temperature}")

@@ -38,11 +38,12 @@ def load_examples(cfg: Config, split: str) -> list[Example]:
     return load_task(task, split, source=source, limit=limit, seed=0)
 
 
-def step_prompt_indices(step: int, prompts_per_step: int, n_prompts: int, seed: int) -> list[int]:
-    """Global dataset indices of the prompts of `step` (0-based): walk through a fresh seeded
-    permutation of the data set per epoch, so the data position is just the step."""
+def prompt_indices(start: int, count: int, n_prompts: int, seed: int) -> list[int]:
+    """Global dataset indices of the prompts at data positions start .. start + count - 1:
+    the data is walked through a fresh seeded permutation per epoch, so a position names one
+    prompt for good (a run's data position is how many prompts it has drawn)."""
     out = []
-    for pos in range(step * prompts_per_step, (step + 1) * prompts_per_step):
+    for pos in range(start, start + count):
         epoch, offset = divmod(pos, n_prompts)
         order = np.random.default_rng(derive_seed(seed, "epoch", epoch)).permutation(n_prompts)
         out.append(int(order[offset]))

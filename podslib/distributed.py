@@ -226,3 +226,50 @@ def copy_trainable(src: nn.Module, dst: nn.Module) -> None:
         for name, p in src.named_parameters():
             if p.requires_grad:
                 targets[name].copy_(full_tensor(p))
+
+
+# ----------------------------------------------------------------------------------------------
+# the state of a possibly sharded policy (checkpoints hold whole tensors)
+# ----------------------------------------------------------------------------------------------
+
+def gathered_trainable(policy: nn.Module) -> dict[str, Tensor]:
+    """The trainable weights {name: whole CPU tensor}, sharded or not (under fsdp every rank
+    must call it), so a checkpoint loads with any sharding."""
+    return {k: full_tensor(p).cpu() for k, p in policy.named_parameters() if p.requires_grad}
+
+
+def gathered_optimizer(optimizer) -> dict:
+    """optimizer.state_dict() with whole CPU tensors (collective under fsdp)."""
+    optim = optimizer.state_dict()
+    optim["state"] = {i: {k: full_tensor(v).cpu() if isinstance(v, Tensor) else v
+                          for k, v in entry.items()} for i, entry in optim["state"].items()}
+    return optim
+
+
+def load_state(policy: nn.Module, optimizer, trainable: dict[str, Tensor],
+               saved: dict | None) -> None:
+    """Load what `gathered_trainable` / `gathered_optimizer` gave into a sharded or unsharded
+    policy (and optimizer, when `saved` is given): every parameter-shaped optimizer state is
+    cut like its parameter (state ids number the parameters in param_groups order)."""
+    params = dict(policy.named_parameters())
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(shard_like(value, params[name]))
+    if saved is None:
+        return
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    saved["state"] = {i: {k: shard_like(v, ordered[i])
+                          if isinstance(v, Tensor) and v.shape == ordered[i].shape else v
+                          for k, v in entry.items()} for i, entry in saved["state"].items()}
+    optimizer.load_state_dict(saved)
+
+
+def numel_per_rank(policy: nn.Module, optimizer) -> dict[str, list[int]]:
+    """Elements of the policy's parameters and of the optimizer state held by each rank (its
+    shards under fsdp): the training memory per rank, rollout copy aside."""
+    optim = [t for entry in optimizer.state.values() for t in entry.values()
+             if isinstance(t, Tensor)]
+    local = torch.tensor([[local_numel(policy.parameters()), local_numel(optim)]])
+    per_rank = all_gather_rows(local)                                       # [world, 2]
+    return {"param_numel_per_rank": per_rank[:, 0].tolist(),
+            "optimizer_numel_per_rank": per_rank[:, 1].tolist()}

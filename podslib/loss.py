@@ -4,15 +4,23 @@ Per completion token t of sequence b, with A_b the sequence's advantage:
     ratio = exp(logp - old_logp)
     surr  = -min(ratio * A_b, clip(ratio, 1 - eps_low, 1 + eps_high) * A_b)
     kl    = exp(ref - logp) - (ref - logp) - 1              (k3 estimator, when ref is given)
-    loss_t = surr + beta * kl
+    loss_t = w_t * (surr + beta * kl) - entropy_coef * H_t   (w_t: importance weights, below)
 Aggregations over the completion mask (1 = completion token, 0 = prompt or padding), a registry:
     "grpo":          mean over sequences of the per-sequence token mean
     "bnpo", "dapo":  token mean over the whole batch (same formula, both names accepted)
     "dr_grpo":       sum over tokens / (B * max_len)
 For gradient accumulation and data parallel, `total_sequences` / `total_tokens` replace the local
 normalisers so that the sum of the micro-batch losses is the full-batch loss.
+
+Importance-sampling correction (`IS_CORRECTIONS`): the engine samples with its own kernels, so
+its token probabilities differ slightly from the trainer's; with r_t = pi_old(t) / pi_sampler(t),
+both under the sampling distribution (temperature and top-p applied),
+    "tis":  w_t = min(r_t, cap)                                   (truncated, per token)
+    "mis":  w_t = 1 if the sequence's geometric-mean ratio lies in [1 / cap, cap], else 0
+    "none": w_t = 1.
 """
 
+import math
 from numbers import Integral
 
 import torch
@@ -119,8 +127,11 @@ def grpo_loss(
     max_len: int | None = None,
     total_sequences: int | None = None,
     total_tokens: int | None = None,
+    token_weights: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped GRPO surrogate with optional k3 KL penalty.
+    """Clipped GRPO surrogate with optional k3 KL penalty, importance weights and entropy bonus.
 
     Args:
         logprobs: [B, T] log-probs of the completion tokens under the policy (with grad).
@@ -134,12 +145,20 @@ def grpo_loss(
         max_len: dr_grpo's length normaliser (global max completion length); defaults to T.
         total_sequences: global number of sequences (grpo, dr_grpo) over micro-batches and ranks.
         total_tokens: global number of completion tokens (bnpo, dapo).
+        token_weights: [B, T] importance weights (no grad) multiplying each token's loss.
+        entropy: [B, T] token entropies of the policy (with grad when entropy_coef > 0).
+        entropy_coef: weight of the entropy bonus (subtracted from each token's loss).
 
     Returns:
         (loss scalar, stats) with stats over this batch's completion tokens: clip_frac,
         clip_frac_low, clip_frac_high, kl_mean (0 without ref_logprobs), ratio_mean.
     """
     _check_inputs(logprobs, old_logprobs, advantages, mask, ref_logprobs)
+    for name, x in (("token_weights", token_weights), ("entropy", entropy)):
+        if x is not None and (not isinstance(x, Tensor) or x.shape != logprobs.shape):
+            raise ValueError(f"{name} must have the shape of logprobs {list(logprobs.shape)}")
+    if entropy_coef and entropy is None:
+        raise ValueError("entropy must be given when entropy_coef != 0; got None")
     counts = {"max_len": max_len, "total_sequences": total_sequences, "total_tokens": total_tokens}
     _check_settings(beta, eps_low, eps_high, aggregation, ref_logprobs, counts)
     on = mask.bool()
@@ -156,6 +175,10 @@ def grpo_loss(
         kl = torch.exp(ref_gap) - ref_gap - 1.0
         if beta > 0:
             per_token = per_token + beta * kl
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    if entropy_coef:
+        per_token = per_token - entropy_coef * torch.where(on, entropy, 0.0)
     per_token = per_token * weight
     loss = aggregate(per_token, weight, aggregation, max_len, total_sequences, total_tokens)
     return loss, _stats(ratio.detach(), adv, kl.detach(), on, eps_low, eps_high)
@@ -173,3 +196,47 @@ def _stats(ratio, adv, kl, on, eps_low, eps_high) -> dict[str, float]:
         "kl_mean": float(kl[on].sum()) / tokens,
         "ratio_mean": float(ratio[on].sum()) / tokens,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# importance-sampling correction for the sampler / trainer mismatch
+# ----------------------------------------------------------------------------------------------
+
+# name -> fn(log_ratio [B, T], mask [B, T] bool, cap) -> (weights [B, T], rejected [B, T] bool)
+IS_CORRECTIONS = Registry("is_correction")
+
+
+@IS_CORRECTIONS.register("none")
+def _no_correction(log_ratio: Tensor, on: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    return torch.ones_like(log_ratio), torch.zeros_like(on)
+
+
+@IS_CORRECTIONS.register("tis")
+def _truncated(log_ratio: Tensor, on: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """Token-level truncated importance sampling: min(r, cap)."""
+    ratio = torch.exp(log_ratio)
+    return ratio.clamp(max=cap), (ratio > cap) & on
+
+
+@IS_CORRECTIONS.register("mis")
+def _masked(log_ratio: Tensor, on: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """Sequence-level masking: drop sequences whose geometric-mean ratio leaves [1/cap, cap]."""
+    mean = (log_ratio * on).sum(1) / on.sum(1).clamp_min(1)                # [B]
+    keep = mean.abs() <= math.log(cap)
+    weights = keep.to(log_ratio.dtype).unsqueeze(1).expand_as(log_ratio)
+    return weights, (~keep).unsqueeze(1) & on
+
+
+def importance_weights(kind: str, old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor,
+                       cap: float) -> tuple[Tensor, dict[str, float]]:
+    """[B, T] weights of correction `kind` (see module docstring) from the trainer's and the
+    sampler's log-probs of the sampled tokens, and sums for the step's statistics over the
+    tokens of `mask`: ratio_sum, ratio_max, rejected (tokens truncated or masked), tokens."""
+    fn = IS_CORRECTIONS.get(kind)
+    on = mask.bool()
+    log_ratio = torch.where(on, old_logprobs - sampler_logprobs, 0.0)
+    weights, rejected = fn(log_ratio, on, cap)
+    ratio = torch.exp(log_ratio)[on]
+    return weights, {"ratio_sum": float(ratio.sum()),
+                     "ratio_max": float(ratio.max()) if ratio.numel() else 0.0,
+                     "rejected": float(rejected.sum()), "tokens": float(on.sum())}

@@ -256,14 +256,14 @@ def write_checkpoint(folder: Path, parts: dict[str, Any], state: dict) -> Path:
     return atomic_folder(folder, build)
 
 
-def verify_checkpoint(folder: Path) -> str:
-    """'' when every file of the manifest is present with its size and hash, else what is
-    wrong."""
+def verify_checkpoint(folder: Path, required: tuple[str, ...] = CHECKPOINT_FILES) -> str:
+    """'' when the `required` files are in the manifest and every file of the manifest is
+    present with its size and hash, else what is wrong."""
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return "manifest.json is missing or unreadable"
-    for name in CHECKPOINT_FILES:
+    for name in required:
         if name not in manifest:
             return f"{name} is not in its manifest"
     for name, want in manifest.items():
@@ -310,9 +310,25 @@ def latest_valid_checkpoint(run_dir: Path, warn=print) -> Path | None:
 
 
 def load_checkpoint_files(folder: Path) -> dict[str, Any]:
-    """The objects of a verified checkpoint: trainable, optimizer, scheduler, rng, state."""
-    out = {name.removesuffix(".pt"): torch.load(folder / name, map_location="cpu",
-                                                weights_only=name != "rng.pt")
-           for name in CHECKPOINT_FILES if name.endswith(".pt")}
+    """The objects of a verified checkpoint: trainable, optimizer, scheduler, rng (those it
+    holds) and state."""
+    out = {path.stem: torch.load(path, map_location="cpu", weights_only=path.name != "rng.pt")
+           for path in sorted(folder.glob("*.pt"))}
     out["state"] = json.loads((folder / "state.json").read_text())
     return out
+
+
+def save_best(run_dir: Path, trainable: dict[str, Tensor], state: dict) -> Path:
+    """checkpoints/best: the trainable weights of the best evaluation so far and its loop
+    state (enough for a final evaluation, not for resuming)."""
+    return write_checkpoint(run_dir / "checkpoints" / "best", {"trainable.pt": trainable}, state)
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """checkpoints/best, verified; ValueError naming the folder when absent or damaged."""
+    folder = Path(run_dir) / "checkpoints" / "best"
+    problem = verify_checkpoint(folder, ("trainable.pt", "state.json")) if folder.is_dir() \
+        else "it does not exist (keep_best_checkpoint was off, or no evaluation ran)"
+    if problem:
+        raise ValueError(f"best checkpoint {str(folder)!r}: {problem}")
+    return folder

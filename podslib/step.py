@@ -2,7 +2,8 @@
 
     groups = generate(engine, prompts, cfg, seeds)      # n rollouts per prompt
     scored = score(groups, golds, cfg)                  # rewards [G, n], gathered over ranks
-    keep, idx, adv = select_rollouts(scored.rewards, cfg, step)   # [G], [G, m], [G, m]
+    passing(scored.rewards, cfg)                        # [G] groups the filter keeps (DAPO)
+    idx, adv = select_rollouts(scored.rewards, cfg, step)   # [G, m], [G, m]
 
 Selection runs on the gathered [G, n] rewards, identically on every rank, so the rank split
 never changes what is kept. `rollout_metrics` summarises a step for metrics.jsonl and
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 from torch import Tensor
@@ -36,6 +37,11 @@ class Scored:
     lengths: Tensor       # [G, n] completion tokens
     truncated: Tensor     # [G, n] 1 when cut at max_completion_tokens
 
+    @staticmethod
+    def cat(parts: list[Scored]) -> Scored:
+        """The groups of several rounds, in order."""
+        return Scored(*(torch.cat(t) for t in zip(*(astuple(p) for p in parts))))
+
 
 def generate(engine, prompts: list[str], cfg: Config, seeds: list[int]) -> list[Group]:
     """n rollouts per prompt; prompt i samples from seeds[i] only."""
@@ -57,19 +63,21 @@ def score(groups: list[Group], golds: list[str], cfg: Config) -> Scored:
     return Scored(*full)
 
 
-def select_rollouts(rewards: Tensor, cfg: Config, step: int) -> tuple[Tensor, Tensor, Tensor]:
-    """rewards [G, n] -> (keep [G] bool, idx [G, m], advantages [G, m]); the same on every rank.
+def passing(rewards: Tensor, cfg: Config) -> Tensor:
+    """rewards [G, n] -> [G] bool, the groups cfg.group_filter keeps (all for 'none')."""
+    return FILTERS.get(cfg.group_filter)(rewards)
 
-    The group filter drops groups before selection; advantages are computed over the selected m
-    (the paper) or, with adv_over == 'all', with the mean and std of all n rewards of the group.
-    """
-    keep = FILTERS.get(cfg.group_filter)(rewards)
+
+def select_rollouts(rewards: Tensor, cfg: Config, step: int) -> tuple[Tensor, Tensor]:
+    """rewards [G, n] -> (idx [G, m], advantages [G, m]); the same on every rank. Advantages
+    are computed over the selected m (the paper) or, with adv_over == 'all', with the mean and
+    std of all n rewards of the group."""
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "select", step))
     idx = (torch.arange(cfg.n).expand(rewards.shape[0], cfg.n).clone() if cfg.m == cfg.n
            else select(rewards, cfg.m, cfg.rule, generator=generator))
     adv = group_advantages(rewards.gather(1, idx), scale=cfg.scale_rewards,
                            pool=rewards if cfg.adv_over == "all" else None)
-    return keep, idx, adv
+    return idx, adv
 
 
 def rollout_metrics(scored: Scored, keep: Tensor, idx: Tensor) -> dict[str, float | None]:
@@ -89,6 +97,21 @@ def rollout_metrics(scored: Scored, keep: Tensor, idx: Tensor) -> dict[str, floa
         "completion_len": float(scored.lengths.mean()),
         "trunc_rate": float(scored.truncated.mean()),
     }
+
+
+def completion_rows(drawn, idx: Tensor, prompts: int) -> list[dict]:
+    """The rollouts of the first `prompts` groups of this rank in a step (`trainer.Drawn`) as
+    table rows: prompt, completion, reward, correct, selected (among the m), trained (its group
+    kept)."""
+    rows = []
+    for group, row in list(zip(drawn.groups, drawn.mine))[:prompts]:
+        chosen = set(idx[row].tolist())
+        for i, c in enumerate(group.completions):
+            rows.append({"prompt": group.prompt, "completion": c.text,
+                         "reward": float(drawn.scored.rewards[row, i]),
+                         "correct": bool(drawn.scored.correct[row, i]),
+                         "selected": i in chosen, "trained": bool(drawn.keep[row])})
+    return rows
 
 
 class PhaseTimer:

@@ -40,10 +40,19 @@ from . import distributed as D
 from . import rundir
 from .batch import build_batch
 from .config import Config
-from .data import load_examples, step_prompt_indices
+from .data import load_examples, prompt_indices
 from .files import append_jsonl, write_json
 from .seeding import derive_seed, rng_state, seed_everything, set_rng_state
-from .step import PhaseTimer, generate, rollout_metrics, score, select_rollouts
+from .step import (
+    PhaseTimer,
+    Scored,
+    completion_rows,
+    generate,
+    passing,
+    rollout_metrics,
+    score,
+    select_rollouts,
+)
 from .update import make_optimizer, make_scheduler, update
 
 METRIC_KEYS = (
@@ -59,13 +68,16 @@ EVAL_KEYS = ("step", "train_time_s", "accuracy", "n_problems", "repeats", "greed
 class LoopState:
     """Where the loop is: saved in every checkpoint (state.json)."""
 
-    step: int = 0                 # steps done = the data position
+    step: int = 0                 # steps done
+    data_pos: int = 0             # prompts drawn (refill rounds draw more than prompts_per_step)
     train_time_s: float = 0.0     # training clock (phases of the steps only)
     wall_s: float = 0.0           # wall time since the run started, evaluations included
     last_eval_step: int = -1
     next_eval_s: float = 0.0
     next_ckpt_s: float = 0.0
     last_ckpt_step: int = 0
+    best_accuracy: float = -1.0   # of the evaluations so far (checkpoints/best)
+    best_step: int = -1
 
 
 @dataclass
@@ -77,6 +89,17 @@ class Model:
     rollout_policy: nn.Module     # what the engine samples from (the policy, or an unsharded copy)
     tokenizer: Any
     reference: Any                # models.Reference, or None when beta == 0
+
+
+@dataclass
+class Drawn:
+    """The rollouts of one step: every round of generation, gathered over ranks."""
+
+    groups: list                  # this rank's groups, in the order of `mine`
+    mine: list[int]               # their rows in `scored`
+    scored: Scored                # [G, n] over all rounds and ranks
+    keep: Tensor                  # [G] bool: the groups trained (passed the filter, in budget)
+    rounds: int
 
 
 @dataclass
@@ -182,35 +205,58 @@ class Trainer:
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
 
     # --- one step ----------------------------------------------------------------------------
+    def draw(self, timer: PhaseTimer) -> Drawn:
+        """Generate and score rounds of prompts_per_step new prompts until prompts_per_step
+        groups pass group_filter, at most 1 + refill_rounds rounds (DAPO dynamic sampling; one
+        round when nothing is filtered). Each rank takes its share of every round."""
+        cfg, rank, s = self.cfg, self.info.rank, self.state
+        g, total = cfg.prompts_per_step // self.info.world_size, cfg.prompts_per_step
+        groups, mine, scored, keep = [], [], [], []
+        for r in range(cfg.refill_rounds + 1):
+            chosen = prompt_indices(s.data_pos, total, len(self.data.prompts), cfg.seed)
+            local = chosen[rank * g:(rank + 1) * g]
+            s.data_pos += total
+            seeds = [derive_seed(cfg.seed, "rollout", s.step, r, rank * g + j) for j in range(g)]
+            with timer("generate"):
+                new = generate(self.engine, [self.data.prompts[i] for i in local], cfg, seeds)
+            with timer("score"):
+                scored.append(score(new, [self.data.golds[i] for i in local], cfg))
+            groups += new
+            mine += [r * total + rank * g + j for j in range(g)]
+            need = total - sum(int(k.sum()) for k in keep)
+            ok = passing(scored[-1].rewards, cfg)
+            keep.append(ok & (ok.cumsum(0) <= need))
+            if int(keep[-1].sum()) == need:
+                break
+        return Drawn(groups, mine, Scored.cat(scored), torch.cat(keep), r + 1)
+
     def step(self) -> dict[str, Any]:
-        """Run step number state.step + 1 on this rank's prompts; returns its metrics."""
-        cfg, step, rank = self.cfg, self.state.step, self.info.rank
-        g = cfg.prompts_per_step // self.info.world_size
-        chosen = step_prompt_indices(step, cfg.prompts_per_step, len(self.data.prompts), cfg.seed)
-        mine = chosen[rank * g:(rank + 1) * g]
-        seeds = [derive_seed(cfg.seed, "rollout", step, rank * g + j) for j in range(g)]
+        """Run step number state.step + 1; returns its metrics."""
+        cfg = self.cfg
         timer = PhaseTimer(self.device)
-        with timer("generate"):
-            groups = generate(self.engine, [self.data.prompts[i] for i in mine], cfg, seeds)
-        with timer("score"):
-            scored = score(groups, [self.data.golds[i] for i in mine], cfg)
+        drawn = self.draw(timer)
         with timer("select"):
-            keep, idx, adv = select_rollouts(scored.rewards, cfg, step)
-            rows = slice(rank * g, (rank + 1) * g)
-            batch = build_batch(groups, idx[rows], adv[rows], keep[rows],
+            idx, adv = select_rollouts(drawn.scored.rewards, cfg, self.state.step)
+            train = drawn.keep[:, None].expand_as(idx).clone()                   # [G, m]
+            if cfg.mask_truncated_completions:
+                train &= drawn.scored.truncated.gather(1, idx) == 0
+            mine = drawn.mine
+            batch = build_batch(drawn.groups, idx[mine], adv[mine], train[mine],
                                 self.model.tokenizer.pad_token_id)
-            total_sequences = int(keep.sum()) * cfg.m
-            total_tokens = int(scored.lengths.gather(1, idx)[keep].sum())
+            total_sequences = int(train.sum())
+            total_tokens = int(drawn.scored.lengths.gather(1, idx)[train].sum())
         lr = self.optimizer.param_groups[0]["lr"]
         with timer("update"):
             stats = (update(self.model.policy, self.optimizer, self.scheduler, batch, cfg,
                             self.model.reference, total_sequences, total_tokens)
                      if total_sequences else
-                     {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0,
-                      "blank_micro_batches": 0})
+                     {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": None,
+                      "grad_norm": 0.0, "blank_micro_batches": 0})
         with timer("sync"):
             sync(self.engine, self.model.policy, self.model.rollout_policy)
-        return {**timer.seconds, **rollout_metrics(scored, keep, idx),
+        self.latest = (drawn, idx)
+        return {**timer.seconds, **rollout_metrics(drawn.scored, drawn.keep, idx),
+                "gen_rounds": drawn.rounds, "groups_trained": int(drawn.keep.sum()),
                 "tokens_trained": total_tokens, **stats, "lr": lr}
 
     # --- evaluation --------------------------------------------------------------------------
@@ -247,14 +293,33 @@ class Trainer:
                     or (cfg.max_train_seconds and s.train_time_s >= cfg.max_train_seconds))
 
     def run_eval(self) -> dict[str, Any]:
+        """Evaluate; log it (eval.jsonl, trackers, completions of the latest step); keep the
+        best weights in checkpoints/best."""
         record = self.evaluate()
         s, every = self.state, self.cfg.eval_every_s
         s.last_eval_step = s.step
         if every:
             s.next_eval_s = (s.train_time_s // every + 1) * every
+        if self.cfg.keep_best_checkpoint and record["accuracy"] > s.best_accuracy:
+            s.best_accuracy, s.best_step = record["accuracy"], s.step
+            self.save_best()
         if self.info.is_main:
             append_jsonl(self.run_dir / "eval.jsonl", record)
+            self.tracker.log_eval(record, s.step)
+            rows = completion_rows(*self.latest, self.cfg.log_completions) if self.latest else []
+            for row in rows:
+                append_jsonl(self.run_dir / "completions.jsonl", {"step": s.step, **row})
+            self.tracker.log_table("completions", rows, s.step)
         return record
+
+    def save_best(self) -> None:
+        policy = self.model.policy
+        if self.info.is_main or D.is_sharded(policy):           # gathering shards is collective
+            trainable = D.gathered_trainable(policy)
+            if self.info.is_main:
+                rundir.save_best(self.run_dir, trainable, {"step": self.state.step,
+                                                           "accuracy": self.state.best_accuracy})
+        D.barrier()
 
     def checkpoint(self) -> None:
         s = self.state
@@ -264,62 +329,75 @@ class Trainer:
         s.wall_s = time.time() - self.wall_start
         policy = self.model.policy
         if self.info.is_main or D.is_sharded(policy):           # gathering shards is collective
-            trainable, optim = gathered_state(policy, self.optimizer)
+            trainable, optim = D.gathered_trainable(policy), D.gathered_optimizer(self.optimizer)
             if self.info.is_main:
                 rundir.save_checkpoint(self.run_dir, asdict(s), trainable, optim,
                                        self.scheduler.state_dict(), rng_state())
         D.barrier()
 
-    def restore(self) -> None:
-        """Continue from the newest valid checkpoint; log lines past it are set aside."""
+    def restore(self) -> int:
+        """Continue from the newest valid checkpoint; log lines past it are set aside. Returns
+        the restored step (-1 without a checkpoint)."""
         folder = rundir.latest_valid_checkpoint(self.run_dir,
                                                 warn=print if self.info.is_main else _quiet)
         if folder is not None:
             saved = rundir.load_checkpoint_files(folder)
-            load_state(self.model.policy, self.optimizer, saved["trainable"], saved["optimizer"])
+            D.load_state(self.model.policy, self.optimizer, saved["trainable"], saved["optimizer"])
             self.scheduler.load_state_dict(saved["scheduler"])
             set_rng_state(saved["rng"])
             self.state = LoopState(**saved["state"])
             sync(self.engine, self.model.policy, self.model.rollout_policy)
+        last = self.state.step if folder is not None else -1
         if self.info.is_main:
-            for name in ("metrics.jsonl", "eval.jsonl"):
-                rundir.set_aside_after(self.run_dir / name, self.state.step if folder else -1)
+            for name in ("metrics.jsonl", "eval.jsonl", "completions.jsonl"):
+                rundir.set_aside_after(self.run_dir / name, last)
         D.barrier()
+        return last
 
     def run(self, resume: bool) -> dict:
+        """The loop: evaluate at step 0, then step until the budget is spent, evaluating and
+        checkpointing on schedule; a final evaluation and checkpoint; the summary."""
         from .progress import TrainingBar
+        from .tracking import make_tracker
 
         cfg = self.cfg
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             cfg.to_yaml(self.run_dir / "config.yaml")
-        if resume:
-            self.restore()
-        s = self.state
+        restored = self.restore() if resume else None
+        self.tracker = make_tracker(cfg.report_to if self.info.is_main else "none", self.run_dir,
+                                    self.run_dir.name, cfg.to_dict(), resume_step=restored)
+        s, self.latest = self.state, None
         self.wall_start = time.time() - s.wall_s
         bar = TrainingBar(cfg, self.run_dir.name, s, enabled=self.progress and self.info.is_main)
-        if s.last_eval_step < 0:
-            bar.accuracy(self.run_eval()["accuracy"])
-        while self.budget_left():
-            record = self.step()
-            s.step += 1
-            s.train_time_s += D.all_reduce_max(sum(v for k, v in record.items()
-                                                   if k.startswith("t_")))
-            record = {"step": s.step, "wall_s": time.time() - self.wall_start,
-                      "train_time_s": s.train_time_s, **record}
-            if self.info.is_main:
-                append_jsonl(self.run_dir / "metrics.jsonl", record)
-            bar.step(record)
-            if self.due(cfg.eval_every_steps, cfg.eval_every_s, s.next_eval_s):
+        try:
+            if s.last_eval_step < 0:
                 bar.accuracy(self.run_eval()["accuracy"])
-            if self.due(cfg.checkpoint_every_steps, cfg.checkpoint_every_s, s.next_ckpt_s):
+            while self.budget_left():
+                record = self.step()
+                s.step += 1
+                s.train_time_s += D.all_reduce_max(sum(v for k, v in record.items()
+                                                       if k.startswith("t_")))
+                record = {"step": s.step, "wall_s": time.time() - self.wall_start,
+                          "train_time_s": s.train_time_s, **record}
+                if self.info.is_main:
+                    append_jsonl(self.run_dir / "metrics.jsonl", record)
+                    self.tracker.log_metrics(record, s.step)
+                bar.step(record)
+                if self.due(cfg.eval_every_steps, cfg.eval_every_s, s.next_eval_s):
+                    bar.accuracy(self.run_eval()["accuracy"])
+                if self.due(cfg.checkpoint_every_steps, cfg.checkpoint_every_s, s.next_ckpt_s):
+                    self.checkpoint()
+            bar.close()
+            if s.last_eval_step != s.step:
+                self.run_eval()
+            if s.last_ckpt_step != s.step or not rundir.checkpoints(self.run_dir):
                 self.checkpoint()
-        bar.close()
-        if s.last_eval_step != s.step:
-            self.run_eval()
-        if s.last_ckpt_step != s.step or not rundir.checkpoints(self.run_dir):
-            self.checkpoint()
-        return self.summarise()
+            return self.summarise()
+        finally:
+            bar.close()
+            self.tracker.close()
+            self.engine.close()
 
     def summarise(self) -> dict:
         evals = rundir.read_log(self.run_dir / "eval.jsonl") if self.info.is_main else []
@@ -331,12 +409,40 @@ class Trainer:
             "base_accuracy": accuracies[0] if evals else None,
             "final_accuracy": accuracies[-1] if evals else None,
             "best_accuracy": max(accuracies) if evals else None,
-            **numel_per_rank(self.model.policy, self.optimizer),
+            "best_step": self.state.best_step if self.cfg.keep_best_checkpoint else None,
+            **D.numel_per_rank(self.model.policy, self.optimizer),
         }
         if self.info.is_main:
             write_json(self.run_dir / "summary.json", summary)
-        self.engine.close()
         return summary
+
+
+def evaluate_checkpoint(run_dir: str | Path, which: str = "best", **overrides: Any) -> dict:
+    """Test accuracy of a run's 'best' or 'latest' checkpoint, with the run's config and
+    `overrides` (e.g. test_source, test_size, eval_repeats: the best checkpoint was chosen on
+    the run's own evaluations, so its accuracy there is optimistic). One process."""
+    run_dir = Path(run_dir)
+    if which not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest'; got {which!r}")
+    cfg = Config.from_yaml(run_dir / "config.yaml", **overrides)
+    folder = (rundir.best_checkpoint(run_dir) if which == "best"
+              else rundir.latest_valid_checkpoint(run_dir))
+    if folder is None:
+        raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint")
+    saved = rundir.load_checkpoint_files(folder)
+    examples = load_examples(cfg, "train"), load_examples(cfg, "test")
+    info, device = D.setup(cfg.device)
+    try:
+        trainer = Trainer(cfg, run_dir, info, device, False, examples)
+        try:
+            D.load_state(trainer.model.policy, None, saved["trainable"], None)
+            sync(trainer.engine, trainer.model.policy, trainer.model.rollout_policy)
+            trainer.state.step = saved["state"]["step"]
+            return {**trainer.evaluate(), "checkpoint": str(folder)}
+        finally:
+            trainer.engine.close()
+    finally:
+        D.teardown()
 
 
 def _quiet(*args, **kwargs) -> None:
@@ -350,47 +456,6 @@ def sync(engine, policy: nn.Module, rollout_policy: nn.Module) -> None:
     if rollout_policy is not policy:
         D.copy_trainable(policy, rollout_policy)
     engine.sync_weights(rollout_policy)
-
-
-# ----------------------------------------------------------------------------------------------
-# state of a possibly sharded policy, for checkpoints
-# ----------------------------------------------------------------------------------------------
-
-def gathered_state(policy: nn.Module, optimizer) -> tuple[dict[str, Tensor], dict]:
-    """(trainable weights {name: tensor}, optimizer.state_dict()) with whole CPU tensors, sharded
-    or not, so a checkpoint loads with any sharding (under fsdp every rank must call it)."""
-    trainable = {k: D.full_tensor(p).cpu() for k, p in policy.named_parameters()
-                 if p.requires_grad}
-    optim = optimizer.state_dict()
-    optim["state"] = {i: {k: D.full_tensor(v).cpu() if isinstance(v, Tensor) else v
-                          for k, v in entry.items()} for i, entry in optim["state"].items()}
-    return trainable, optim
-
-
-def load_state(policy: nn.Module, optimizer, trainable: dict[str, Tensor], saved: dict) -> None:
-    """Load what `gathered_state` gave into a sharded or unsharded policy and optimizer: every
-    parameter-shaped optimizer state is cut like its parameter (state ids number the parameters
-    in param_groups order)."""
-    params = dict(policy.named_parameters())
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(D.shard_like(value, params[name]))
-    ordered = [p for group in optimizer.param_groups for p in group["params"]]
-    saved["state"] = {i: {k: D.shard_like(v, ordered[i])
-                          if isinstance(v, Tensor) and v.shape == ordered[i].shape else v
-                          for k, v in entry.items()} for i, entry in saved["state"].items()}
-    optimizer.load_state_dict(saved)
-
-
-def numel_per_rank(policy: nn.Module, optimizer) -> dict[str, list[int]]:
-    """Elements of the policy's parameters and of the optimizer state held by each rank (its
-    shards under fsdp): the training memory per rank, rollout copy aside."""
-    optim = [t for entry in optimizer.state.values() for t in entry.values()
-             if isinstance(t, Tensor)]
-    local = torch.tensor([[D.local_numel(policy.parameters()), D.local_numel(optim)]])
-    per_rank = D.all_gather_rows(local)                                       # [world, 2]
-    return {"param_numel_per_rank": per_rank[:, 0].tolist(),
-            "optimizer_numel_per_rank": per_rank[:, 1].tolist()}
 
 
 if __name__ == "__main__":          # python -m podslib.trainer ... == pods train ...

@@ -20,3 +20,9 @@ def data_dir() -> Path:
             pytest.fail(msg + " (CI=true requires it)")
         pytest.skip(msg)
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache of built and warm-started tiny models for the whole session."""
+    return tmp_path_factory.getbasetemp() / "pods-cache"

@@ -22,13 +22,26 @@ def sft(model, tok, steps: int = 60, lr: float = 3e-3, seed: int = 0):
     return model
 
 
-def assert_raw_logprobs(model, group) -> None:
-    """Each completion's reported log-probs are log_softmax of the model's untempered logits at
-    its tokens: one forward pass over prompt + completion."""
+def assert_sampling_logprobs(model, group, temperature: float, top_p: float = 1.0) -> None:
+    """Each completion's reported log-probs are those of the distribution its tokens were drawn
+    from: one forward pass over prompt + completion, logits / temperature, restricted to the
+    smallest set of tokens with mass >= top_p and renormalised (brute force, token by token)."""
     p = len(group.prompt_token_ids)
     for c in group.completions:
         ids = torch.tensor([group.prompt_token_ids + c.token_ids])
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, p - 1 : -1], dim=-1)
-        expected = logp.gather(1, ids[0, p:, None]).squeeze(1)
-        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-4, rtol=1e-4)
+            logits = model(ids).logits[0, p - 1 : -1].float()
+        expected = []
+        for row, token in zip(logits, c.token_ids):
+            probs = torch.softmax(row / temperature, dim=-1)
+            order = probs.argsort(descending=True)
+            mass, nucleus = 0.0, []
+            for i in order.tolist():
+                nucleus.append(i)
+                mass += float(probs[i])
+                if mass >= top_p:
+                    break
+            assert token in nucleus, "a token outside the nucleus was sampled"
+            expected.append(torch.log(probs[token] / probs[nucleus].sum()))
+        torch.testing.assert_close(torch.tensor(c.logprobs), torch.stack(expected),
+                                   atol=1e-4, rtol=1e-4)

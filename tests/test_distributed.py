@@ -160,11 +160,11 @@ def test_exit_process_runs_atexit_handlers_and_flushes_output(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> tuple[Path, Path]:
+def one_process(tmp_path_factory, cache_dir) -> tuple[Path, Path]:
     """(config, run folder) of 3 steps in one process, 4 prompts per step. micro_batch_size 3
     makes the micro-batches differ from those of two ranks (2 prompts x 4 selected each)."""
     tmp = tmp_path_factory.mktemp("dp")
-    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+    cfg = easy(cache_dir, max_steps=3, eval_every_steps=0,
                micro_batch_size=3, test_size=8)
     config = tmp / "config.yaml"
     cfg.to_yaml(config)
@@ -201,13 +201,13 @@ def test_distributed_fsdp_matches_one_process_with_half_the_memory_per_rank(one_
 
 
 @pytest.mark.slow
-def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, tmp_path_factory):
+def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, cache_dir):
     """Groups of n = 2 with the zero-variance filter, one rollout per micro-batch: the ranks keep
     different numbers of rollouts (about 3 groups in 4 are all-equal and dropped; one rank may
     keep none), so blank micro-batches pad, a whole group (2 rows) per missing group; mu = 2
     (no-grad old log-probs through the shards) and beta > 0 (reference). Two sharded ranks stop
     after step 2, resume from their checkpoint and end where one process does after 3 steps."""
-    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+    cfg = easy(cache_dir, max_steps=3, eval_every_steps=0,
                test_size=8, n=2, m=2, group_filter="zero_variance", micro_batch_size=1, mu=2,
                beta=0.04, sharding="fsdp")
     config = tmp_path / "config.yaml"
@@ -295,7 +295,7 @@ def test_vllm_engine_in_a_process_group_leaves_the_group_to_its_owner(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.vllm
-def test_vllm_distributed_fsdp_matches_one_process(tmp_path, tmp_path_factory):
+def test_vllm_distributed_fsdp_matches_one_process(tmp_path, cache_dir):
     """configs/gsm8k_8gpu.yaml in small: engine vllm with FSDP2 over two ranks, each rank's
     engine sampling its 2 prompts per step (and its share of the evaluations at steps 0 and 3)
     from the unsharded copy synced after every update. After 3 steps: the same rollouts,
@@ -303,7 +303,7 @@ def test_vllm_distributed_fsdp_matches_one_process(tmp_path, tmp_path_factory):
     the parameters. One attention head of 32 dimensions: vLLM's CPU attention has no kernel for
     head_dim 16 (the 2 heads of the hf tests' model)."""
     require_vllm()
-    cfg = easy(tmp_path_factory.getbasetemp() / "pods-cache", max_steps=3, eval_every_steps=0,
+    cfg = easy(cache_dir, max_steps=3, eval_every_steps=0,
                micro_batch_size=3, test_size=8, engine="vllm",
                gpu_memory_utilization=VLLM_MEMORY, **{"tiny.heads": 1})
     config = tmp_path / "config.yaml"

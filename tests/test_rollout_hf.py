@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from engine_checks import assert_raw_logprobs, sft
+from engine_checks import assert_sampling_logprobs, sft
 
 from podslib import rollout
 from podslib.models import LoraSettings, load_policy, make_tiny_model, merged_state_dict
@@ -68,14 +68,18 @@ def test_greedy_matches_brute_force_with_left_padding(engine, policy):
     assert len(set(texts)) > 1, texts  # prompt-dependent, not one degenerate string
 
 
-def test_logprobs_are_raw_model_logprobs(engine, policy):
-    """Sampled at T = 0.7, the reported log-probs are log_softmax of the untempered logits at
-    the sampled tokens: the same as a forward pass of the policy over prompt + completion."""
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_logprobs_are_those_of_the_sampling_distribution(engine, policy, top_p):
+    """Sampled at T = 0.7 (and top_p 0.8), the reported log-probs are those of the tempered
+    (nucleus) distribution at the sampled tokens, from a forward pass over prompt + completion;
+    greedy: the raw model's."""
     model, _ = policy
     group = engine.generate(
-        PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, max_tokens=10)
+        PROMPTS[1:2], n=2, sampling=SamplingParams(temperature=0.7, top_p=top_p, max_tokens=10)
     )[0]
-    assert_raw_logprobs(model, group)
+    assert_sampling_logprobs(model, group, 0.7, top_p)
+    greedy = engine.generate(PROMPTS[1:2], n=1, sampling=SamplingParams(0, max_tokens=10))[0]
+    assert_sampling_logprobs(model, greedy, 1.0)
 
 
 def test_first_tokens_follow_the_tempered_nucleus_distribution(engine, policy):

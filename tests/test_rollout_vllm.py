@@ -12,7 +12,7 @@ import weakref
 
 import pytest
 import torch
-from engine_checks import assert_raw_logprobs, sft
+from engine_checks import assert_sampling_logprobs, sft
 
 from podslib.models import LoraSettings, load_policy, make_tiny_model
 from podslib.rollout import SamplingParams, make_engine, vllm_available
@@ -79,15 +79,16 @@ def test_vllm_greedy_equals_hf_greedy(engine, tiny):
     assert all(c.token_ids[-1] == tok.eos_token_id for c in stopped)
 
 
-def test_vllm_sampled_logprobs_are_raw_model_logprobs(engine, tiny):
-    """Sampled at T = 0.7: each reported log-prob equals log_softmax of the untempered logits of
-    a forward pass over prompt + completion (what the trainer recomputes)."""
+def test_vllm_sampled_logprobs_are_those_of_the_sampling_distribution(engine, tiny):
+    """Sampled at T = 0.7, top_p 0.8: each reported log-prob is that of the tempered nucleus
+    distribution of a forward pass over prompt + completion (what the trainer's importance
+    correction recomputes)."""
     _, policy, _ = tiny
     engine.sync_weights(policy)
     group = engine.generate(
-        PROMPTS[1:2], 3, SamplingParams(temperature=0.7, max_tokens=12, seed=0)
+        PROMPTS[1:2], 3, SamplingParams(temperature=0.7, top_p=0.8, max_tokens=12, seed=0)
     )[0]
-    assert_raw_logprobs(policy, group)
+    assert_sampling_logprobs(policy, group, 0.7, 0.8)
 
 
 def test_vllm_sync_full_model_after_optimizer_step(engine, tiny):

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from podslib import batch as B
+from podslib import rundir
 from podslib import step as S
 from podslib import trainer as T
 from podslib.cli import parse_overrides
 from podslib.config import Config, merge, parse_yaml_value
-from podslib.data import step_prompt_indices
+from podslib.data import prompt_indices
 from podslib.rollout import Completion, Group
 from podslib.seeding import derive_seed
 
@@ -27,11 +28,6 @@ EASY = {
     "eval_every_steps": 2, "checkpoint_every_s": 0.0, "max_train_seconds": 0.0, "max_steps": 4,
     "n": 8, "m": 4, "prompts_per_step": 4, "micro_batch_size": 4, "lr": 1e-4,
 }
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.getbasetemp() / "pods-cache"
 
 
 def easy(cache_dir, **overrides) -> Config:
@@ -54,11 +50,12 @@ def tiny(cache_dir):
 
 def test_step_prompts_walk_a_permutation_per_epoch():
     """10 prompts, 4 per step: steps 0-1 and half of step 2 cover epoch 0 exactly once."""
-    seen = [i for s in range(5) for i in step_prompt_indices(s, 4, 10, seed=3)]
+    seen = [i for s in range(5) for i in prompt_indices(4 * s, 4, 10, seed=3)]
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:20]) == list(range(10))
     assert seen[:10] != seen[10:20]                       # a fresh order per epoch
-    assert step_prompt_indices(2, 4, 10, 3) == seen[8:12]
-    assert step_prompt_indices(0, 4, 10, 4) != seen[:4]
+    assert prompt_indices(8, 4, 10, 3) == seen[8:12]
+    assert prompt_indices(6, 5, 10, 3) == seen[6:11]                # any start, any count
+    assert prompt_indices(0, 4, 10, 4) != seen[:4]
 
 
 def test_derive_seed_is_stable_and_distinct():
@@ -73,8 +70,8 @@ def test_derive_seed_is_stable_and_distinct():
 
 def test_vanilla_grpo_keeps_all_rollouts_in_order():
     rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
-    keep, idx, adv = S.select_rollouts(rewards, Config(n=4, m=4), step=0)
-    assert keep.tolist() == [True] and idx.tolist() == [[0, 1, 2, 3]]
+    idx, adv = S.select_rollouts(rewards, Config(n=4, m=4), step=0)
+    assert idx.tolist() == [[0, 1, 2, 3]]
     # mean 0.5, unbiased std sqrt(1/3): A = +-0.5 / (0.57735 + 1e-4)
     assert torch.allclose(adv, torch.tensor([[1, -1, -1, 1]]) * 0.5 / (math.sqrt(1 / 3) + 1e-4))
 
@@ -82,21 +79,22 @@ def test_vanilla_grpo_keeps_all_rollouts_in_order():
 def test_pods_selects_max_variance_and_normalises_over_selection():
     """n = 6 with rewards [1,1,1,1,0,1], m = 2: the max-variance pair is one 1 and the 0."""
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 1.0]])
-    _, idx, adv = S.select_rollouts(rewards, Config(n=6, m=2), step=0)
+    idx, adv = S.select_rollouts(rewards, Config(n=6, m=2), step=0)
     assert sorted(rewards[0, idx[0]].tolist()) == [0.0, 1.0]
     # selected {1, 0}: mean 0.5, std sqrt(0.5) -> A = +-0.5 / (0.70711 + 1e-4)
     expected = 0.5 / (math.sqrt(0.5) + 1e-4)
     assert torch.allclose(adv.abs(), torch.full((1, 2), expected))
     # over all n: mean 5/6, std sqrt(1/6): the 0 gets -(5/6) / (0.40825 + 1e-4)
-    _, idx_all, adv_all = S.select_rollouts(rewards, Config(n=6, m=2, adv_over="all"), step=0)
+    idx_all, adv_all = S.select_rollouts(rewards, Config(n=6, m=2, adv_over="all"), step=0)
     low = adv_all[0, rewards[0, idx_all[0]] == 0]
     assert torch.allclose(low, torch.tensor([-(5 / 6) / (math.sqrt(1 / 6) + 1e-4)]))
 
 
 def test_zero_variance_filter_drops_uniform_groups():
     rewards = torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
-    keep, _, _ = S.select_rollouts(rewards, Config(n=4, m=2, group_filter="zero_variance"), 0)
-    assert keep.tolist() == [False, True]
+    assert S.passing(rewards, Config(n=4, m=2, group_filter="zero_variance")).tolist() == \
+        [False, True]
+    assert S.passing(rewards, Config(n=4, m=2)).tolist() == [True, True]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -104,15 +102,15 @@ def test_zero_variance_filter_drops_uniform_groups():
 # ------------------------------------------------------------------------------------------------
 
 def _groups():
-    c = [Completion("", [7, 8, 2], "stop"), Completion("", [9], "stop"),
-         Completion("", [5, 6], "length")]
+    c = [Completion("", [7, 8, 2], "stop", [-0.7, -0.8, -0.2]),
+         Completion("", [9], "stop", [-0.9]), Completion("", [5, 6], "length", [-0.5, -0.6])]
     return [Group("a", [11, 12, 13], c[:2]), Group("b", [14], [c[2], c[0]])]
 
 
 def test_build_batch_pads_prompts_left_and_completions_right():
     idx = torch.tensor([[1, 0], [0, 1]])
     adv = torch.tensor([[0.5, -0.5], [1.0, -1.0]])
-    batch = B.build_batch(_groups(), idx, adv, torch.tensor([True, True]), pad_id=0)
+    batch = B.build_batch(_groups(), idx, adv, torch.ones(2, 2, dtype=torch.bool), pad_id=0)
     assert batch.prompt_len == 3
     assert batch.input_ids.tolist() == [[11, 12, 13, 9, 0, 0], [11, 12, 13, 7, 8, 2],
                                         [0, 0, 14, 5, 6, 0], [0, 0, 14, 7, 8, 2]]
@@ -120,8 +118,13 @@ def test_build_batch_pads_prompts_left_and_completions_right():
                                              [0, 0, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
     assert batch.completion_mask.tolist() == [[1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1]]
     assert batch.advantages.tolist() == [0.5, -0.5, 1.0, -1.0]
-    dropped = B.build_batch(_groups(), idx, adv, torch.tensor([False, True]), pad_id=0)
+    assert torch.allclose(batch.sampler_logprobs, torch.tensor(
+        [[-0.9, 0, 0], [-0.7, -0.8, -0.2], [-0.5, -0.6, 0], [-0.7, -0.8, -0.2]]))
+    dropped = B.build_batch(_groups(), idx, adv, torch.tensor([[False, False], [True, True]]),
+                            pad_id=0)
     assert len(dropped) == 2 and dropped.prompt_len == 1
+    one = B.build_batch(_groups(), idx, adv, torch.tensor([[True, False], [False, False]]), 0)
+    assert one.input_ids.tolist() == [[11, 12, 13, 9]] and one.advantages.tolist() == [0.5]
 
 
 def test_completion_logprobs_match_unpadded_forward(tiny):
@@ -129,7 +132,7 @@ def test_completion_logprobs_match_unpadded_forward(tiny):
     model, _ = tiny
     model.eval()
     batch = B.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]), torch.zeros(2, 2),
-                          torch.tensor([True, True]), pad_id=0)
+                          torch.ones(2, 2, dtype=torch.bool), pad_id=0)
     got = B.completion_logprobs(model, batch)
     rows = [([11, 12, 13], [9]), ([11, 12, 13], [7, 8, 2]), ([14], [5, 6]), ([14], [7, 8, 2])]
     with torch.no_grad():
@@ -147,7 +150,8 @@ def test_micro_batching_gives_the_full_batch_gradient(tiny, cache_dir):
     model, _ = tiny
     model.train()
     batch = B.build_batch(_groups(), torch.tensor([[1, 0], [0, 1]]),
-                          torch.tensor([[0.5, -0.5], [1.0, -1.0]]), torch.tensor([True, True]), 0)
+                          torch.tensor([[0.5, -0.5], [1.0, -1.0]]), torch.ones(2, 2, dtype=torch.bool),
+                          0)
     grads = []
     for size in (4, 1):
         model.zero_grad()
@@ -230,7 +234,8 @@ def test_short_pods_run_end_to_end(tmp_path, cache_dir):
     assert 0.05 < base < 0.9, "the warm-start should give partial competence"
     assert summary["final_accuracy"] >= base - 0.2
     assert summary["steps"] == 8 and summary["base_accuracy"] == base
-    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000008"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == \
+        ["best", "step-000008"]
 
 
 @pytest.mark.slow
@@ -244,7 +249,7 @@ def test_lora_with_kl_and_several_iterations(tmp_path, cache_dir):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["kl"] >= 0 and lines[-1]["kl"] > 0
     assert all(math.isfinite(x["loss"]) and x["grad_norm"] > 0 for x in lines)
-    (ckpt,) = (tmp_path / "run" / "checkpoints").iterdir()
+    (ckpt,) = rundir.checkpoints(tmp_path / "run")
     saved = torch.load(ckpt / "trainable.pt")
     assert saved and all("lora_" in k for k in saved)
 

@@ -45,9 +45,8 @@ def final_params(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_repeats_the_uninterrupted_run(tmp_path, tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "pods-cache"  # shared with test_trainer's fixture
-    cfg = easy(cache, max_steps=8, checkpoint_every_steps=2, eval_every_steps=2)
+def test_resume_after_sigkill_repeats_the_uninterrupted_run(tmp_path, cache_dir):
+    cfg = easy(cache_dir, max_steps=8, checkpoint_every_steps=2, eval_every_steps=2)
     config = tmp_path / "config.yaml"
     cfg.to_yaml(config)
     finish(launch(config, tmp_path / "straight"))          # also builds the cached warm start

@@ -44,9 +44,9 @@ class SamplingParams:
 class Completion:
     """One sampled completion.
 
-    logprobs: log-probability of each sampled token under the model's own distribution
-    (log_softmax of the raw logits: temperature 1, no top-p), i.e. what a forward pass of the
-    policy gives; None when the engine did not compute them.
+    logprobs: log-probability of each sampled token under the distribution it was drawn from
+    (temperature and top-p applied; the model's own distribution for greedy decoding), what an
+    importance-sampling correction divides by; None when the engine did not compute them.
     """
 
     text: str

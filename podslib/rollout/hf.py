@@ -26,9 +26,10 @@ from .base import Completion, Engine, Group, SamplingParams, check_generate_args
 
 
 class SampledLogprobs(LogitsProcessor):
-    """Records log p(token) of every sampled token under the raw logits (before temperature and
-    top-p), keeping one step of log-probabilities alive: at step t the token sampled at step t-1
-    is the last column of `input_ids`. Must run first in the processor list."""
+    """Records log p(token) of every sampled token under the scores it sees, keeping one step of
+    log-probabilities alive: at step t the token sampled at step t-1 is the last column of
+    `input_ids`. Placed after temperature and top-p, it gives the sampling distribution's
+    log-probs (the raw model's when decoding greedily)."""
 
     def __init__(self):
         self.steps: list[Tensor] = []
@@ -167,11 +168,13 @@ class HFEngine(Engine):
             [ids[p.prompt] for p in chunk for _ in range(p.rows)], self.pad_id
         )
         recorder = SampledLogprobs()
-        processors = [recorder]
+        processors = []
         if not sampling.greedy:
             processors.append(TemperatureLogitsWarper(sampling.temperature))
             if sampling.top_p < 1:
                 processors.append(TopPLogitsWarper(sampling.top_p))
+        processors.append(recorder)
+        if not sampling.greedy:
             processors.append(SeededSampling([(p.rows, p.generator) for p in chunk]))
         # do_sample=False: the argmax of the processed scores (the sampled token when sampling).
         # Explicit values so that a model's generation_config.json cannot add its own processors.

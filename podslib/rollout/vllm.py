@@ -1,5 +1,8 @@
 """Rollouts with vLLM's offline `LLM`, run in-process, with weight sync after every update.
 
+- Each sampled token's log-prob is that of the distribution it was drawn from
+  (`logprobs_mode="processed_logprobs"`: temperature and top-p applied), as the hf engine
+  reports it.
 - Prompts go in as token ids (tokenised here with add_special_tokens=False), so both engines
   see the same tokens; completions are decoded here with the same tokenizer.
 - n samples per prompt come from one request (`SamplingParams(n=...)`). With per-prompt seeds
@@ -80,6 +83,7 @@ class VLLMEngine(Engine):
                 max_model_len=max_model_len,
                 gpu_memory_utilization=gpu_memory_utilization,
                 enforce_eager=device == "cpu",
+                logprobs_mode="processed_logprobs",      # the sampling distribution's
                 distributed_executor_backend="external_launcher" if in_group else None,
             )
         finally:
