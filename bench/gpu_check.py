@@ -202,7 +202,8 @@ def train_one(name: str, n: int, m: int, args, sizes: Sizes, report: Report) -> 
 
 
 def train_part(args, sizes: Sizes, report: Report) -> None:
-    part = report.data["train"] = {"device": args.device, "runs": {}, "ok": False}
+    part = report.data["train"] = {"device": args.device, "ok": False, "runs": {},
+                                   "model": "tiny model (smoke sizes)" if args.smoke else "tiny default"}
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for name, (n, m) in TRAIN_RUNS.items():
@@ -431,7 +432,7 @@ def row(*cells) -> str:
 
 
 def render_train(part: dict) -> list[str]:
-    lines = [f"## 1. Tiny default trained on {part['device']} (hf engine)", "",
+    lines = [f"## 1. {part['model'].capitalize()} trained on {part['device']} (hf engine)", "",
              row("run", "n -> m", "steps", "train s", "s/step", "base acc.", "final acc.",
                  "checks"), row(*["---"] * 8)]
     for name, r in part["runs"].items():
