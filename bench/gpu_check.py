@@ -202,8 +202,8 @@ def train_one(name: str, n: int, m: int, args, sizes: Sizes, report: Report) -> 
 
 
 def train_part(args, sizes: Sizes, report: Report) -> None:
-    part = report.data["train"] = {"device": args.device, "ok": False, "runs": {},
-                                   "model": "tiny model (smoke sizes)" if args.smoke else "tiny default"}
+    model = "tiny model (smoke sizes)" if args.smoke else "tiny default"
+    part = report.data["train"] = {"device": args.device, "ok": False, "runs": {}, "model": model}
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for name, (n, m) in TRAIN_RUNS.items():
