@@ -66,9 +66,10 @@ class DistInfo:
 
 def setup(device: str) -> tuple[DistInfo, str]:
     """Join the process group when launched with several processes; returns (info, device) where
-    a 'cuda' device becomes 'cuda:<local_rank>'."""
+    a 'cuda' device becomes 'cuda:<local_rank>' (cuda:0 in one process: torch.cuda.set_device
+    refuses a device without an index)."""
     info = DistInfo.from_env()
-    if device == "cuda" and info.enabled:
+    if device == "cuda":
         device = f"cuda:{info.local_rank}"
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
