@@ -316,8 +316,9 @@ def bench_step(bench: dict, cfg, step: int) -> dict:
                           seeds=[derive_seed("gpu_check", "rollout", step)])
     with phases("select"):
         rewards = torch.rand((1, cfg.n), generator=gen)                       # [1, n]
-        keep, idx, adv = select_rollouts(rewards, cfg, step)
-        batch = build_batch(groups, idx, adv, keep, tok.pad_token_id)
+        idx, adv = select_rollouts(rewards, cfg, step)
+        batch = build_batch(groups, idx, adv, torch.ones_like(idx, dtype=torch.bool),
+                            tok.pad_token_id)
     with phases("update"):
         stats = update(bench["policy"], bench["optimizer"], bench["scheduler"], batch, cfg,
                        None, len(batch), int(batch.completion_mask.sum()))
