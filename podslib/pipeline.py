@@ -306,7 +306,8 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
     with rundir.locked(root / grid.experiment, "experiment folder"):
         states = preflight(grid, specs, root, overrides)
         if jobs > 1:
-            prepare_models([s.config(**overrides) for s in specs if states[s.run_id] != "complete"])
+            prepare_models([s.config(**overrides) for s in specs
+                            if states[s.run_id] != "complete"], progress)
         out: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
         for spec in specs:
             if states[spec.run_id] == "complete":
@@ -381,7 +382,7 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
     return path
 
 
-def prepare_models(configs: list[Config]) -> list[str]:
+def prepare_models(configs: list[Config], progress: bool = True) -> list[str]:
     """Build the cached tiny models (and warm-starts) the configs need, once each, with every
     core, before any kernel starts (the kernels get one thread each; runs started side by side
     would otherwise build the same model twice)."""
@@ -392,7 +393,7 @@ def prepare_models(configs: list[Config]) -> list[str]:
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return sorted({policy_path(cfg) for cfg in configs if cfg.model == "tiny"})
+        return sorted({policy_path(cfg, progress) for cfg in configs if cfg.model == "tiny"})
     finally:
         torch.set_num_threads(threads)
 
@@ -416,7 +417,7 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
 
     if first.model == "tiny":
         step("the tiny model and its warm-start (cached in cache_dir after the first time)")
-        log(f"   model: {', '.join(prepare_models([first]))}")
+        log(f"   model: {', '.join(prepare_models([first], progress))}")
     rollouts, ablation = exp_dir / "rollouts", exp_dir / "downsampling"
     step("01_rollouts: n rollouts per prompt, reward distributions")
     if (rollouts / "rollouts.npz").exists():

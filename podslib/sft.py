@@ -40,12 +40,13 @@ def settings_key(values: dict[str, Any], kind: str) -> str:
     return f"{kind}-{digest}"
 
 
-def policy_path(cfg: Config) -> str:
-    """The policy's folder or hub id: cfg.model, or for 'tiny' the cached (warm-started) model."""
+def policy_path(cfg: Config, progress: bool = True) -> str:
+    """The policy's folder or hub id: cfg.model, or for 'tiny' the cached (warm-started) model
+    (built first when absent, with a progress bar unless `progress` is False)."""
     if cfg.model != "tiny":
         return cfg.model
     cache = Path(cfg.cache_dir).expanduser()
-    return str(warm_start(cfg.tiny, cfg.template, cache) if cfg.tiny.warm_start
+    return str(warm_start(cfg.tiny, cfg.template, cache, progress) if cfg.tiny.warm_start
                else tiny_base(cfg.tiny, cache))
 
 
@@ -132,7 +133,8 @@ def sampled_accuracy(model, tokenizer, examples: list, template: str, seed: int)
     return result["n_correct"] / result["n_samples"]
 
 
-def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path) -> Path:
+def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path,
+               progress: bool = True) -> Path:
     """The tiny model after supervised steps on arith train problems, stopped at the first check
     that reaches tiny.warm_start_target (or after tiny.warm_start_steps); cached by a hash of
     the tiny settings and the template. Deterministic given tiny.seed and the machine."""
@@ -156,7 +158,7 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path) -> Path
             plan = (f"stops at {target:.0%} sampled accuracy, checked every "
                     f"{tiny.warm_start_check_every} steps") if target else None
             bar = tqdm(total=tiny.warm_start_steps, desc="warm-start", unit="step",
-                       dynamic_ncols=True, postfix=plan)
+                       dynamic_ncols=True, postfix=plan, disable=not progress)
 
             def reached_target(step: int, loss: float) -> bool:
                 bar.update(1)

@@ -126,15 +126,15 @@ def check_packages(cfg: Config) -> None:
                          "engine 'hf'")
 
 
-def build_model(cfg: Config, info: D.DistInfo, device: str) -> Model:
+def build_model(cfg: Config, info: D.DistInfo, device: str, progress: bool = True) -> Model:
     """Load the policy (LoRA-wrapped when lora_r > 0; sharded under fsdp) and its reference.
     Rank 0 builds the cached tiny model first, the other ranks then load it."""
     from .models import LoraSettings, load_policy, load_reference
     from .sft import policy_path
 
-    path = policy_path(cfg) if info.is_main else ""
+    path = policy_path(cfg, progress) if info.is_main else ""
     D.barrier()
-    path = path or policy_path(cfg)
+    path = path or policy_path(cfg, progress=False)
     lora = (LoraSettings(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          target_modules=tuple(cfg.lora_target_modules)) if cfg.lora_r else None)
     policy, tokenizer = load_policy(path, dtype=cfg.dtype, device=device,
@@ -194,7 +194,7 @@ class Trainer:
         self.cfg, self.run_dir, self.info, self.device = cfg, run_dir, info, device
         self.progress = progress
         seed_everything(cfg.seed)
-        self.model = build_model(cfg, info, device)
+        self.model = build_model(cfg, info, device, progress)
         self.data = build_data(cfg, self.model.tokenizer, *examples)
         self.engine = make_engine(cfg.engine, model_path=self.model.path,
                                   policy=self.model.rollout_policy, tokenizer=self.model.tokenizer,
