@@ -470,8 +470,9 @@ def _yaml_problem(err: Exception) -> str:
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     text = where + str(getattr(err, "problem", None) or err).strip()
     start = getattr(err, "context_mark", None)
-    if context and start is not None and (mark is None or
-                                          (start.line, start.column) != (mark.line, mark.column)):
+    elsewhere = start is not None and (mark is None or (start.line, start.column) !=
+                                       (mark.line, mark.column))
+    if context and elsewhere:
         text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
     return text
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -182,6 +183,14 @@ def lock_holder(folder):
         holder.wait()
 
 
+def lock_pid(path):
+    """The process id in lock file `path`; None while there is none (or it is being written)."""
+    try:
+        return json.loads(path.read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def in_use(what, folder):
     """The line naming the holder of `folder`'s lock."""
     owner = json.loads((folder / ".lock").read_text())
@@ -211,6 +220,34 @@ def test_second_pods_run_stops_at_once_and_a_stale_lock_is_taken_over(results, c
     assert f"[skip] {EXPERIMENT}/pods-s0: complete" in captured.out
     del before[f"{EXPERIMENT}/.lock"]
     assert snapshot(root) == before
+
+
+@pytest.mark.slow
+def test_two_pods_runs_at_once_the_second_stops_and_the_first_is_clean(tmp_path, capsys):
+    """Item 2, the scenario itself: a second `pods run` started while the first trains stops
+    naming the first's process; the first completes with each step logged once and one
+    executed notebook."""
+    grid = write_grid(tmp_path / "grid.yaml", {"cache_dir": str(tmp_path / "cache")})
+    root, exp = tmp_path / "results", tmp_path / "results" / EXPERIMENT
+    argv = ["run", str(grid), "--results-root", str(root), "--no-progress"]
+    with open(tmp_path / "first.err", "w") as err:
+        first = subprocess.Popen([sys.executable, "-m", "podslib", *argv], env=SUBPROCESS_ENV,
+                                 stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        while first.poll() is None and lock_pid(exp / ".lock") != first.pid:
+            time.sleep(0.1)                          # until the first holds the lock
+        line = f"pods run: error: {in_use('experiment folder', exp)}"
+        assert f"in use by process {first.pid} " in line
+        assert main(argv) == 2
+        assert capsys.readouterr().err.splitlines() == [line]
+        assert first.wait(timeout=600) == 0, (tmp_path / "first.err").read_text()
+    finally:
+        first.kill()
+    run = exp / "pods-s0"
+    assert [r["step"] for r in rundir.read_log(run / "metrics.jsonl")] == [1, 2, 3]
+    assert [r["step"] for r in rundir.read_log(run / "eval.jsonl")] == [0, 3]
+    assert sorted(p.name for p in run.glob("*.ipynb")) == ["03_train.ipynb"]
+    assert not (exp / ".lock").exists()
 
 
 @pytest.mark.slow
