@@ -169,6 +169,8 @@ def results(finished, tmp_path):
     return grid, copy, copy / EXPERIMENT / "pods-s0"
 
 
+# Item 2: two runners on one folder (locks).
+
 @contextmanager
 def lock_holder(folder):
     """A live process holding `folder`'s lock; yields it (killed at the end, leaving the lock
@@ -267,6 +269,8 @@ def test_second_train_on_a_run_folder_in_use_stops_at_once(results, capsys, resu
         assert snapshot(root) == before
 
 
+# Item 3: a damaged latest checkpoint.
+
 def truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -323,6 +327,8 @@ def test_all_checkpoints_damaged_is_one_clear_line(results, capsys):
     assert snapshot(root) == before
 
 
+# Items 4 and 5: empty test and training files.
+
 GSM8K_ROWS = [{"question": f"What is {k} + 1?", "answer": f"{k} plus 1.\n#### {k + 1}"}
               for k in range(4)]
 
@@ -349,6 +355,8 @@ def test_empty_data_file_fails_before_any_model_loads(tmp_path, capsys, monkeypa
         "examples")]
     assert snapshot(tmp_path) == before
 
+
+# Item 6: invalid YAML.
 
 BAD_GRID = """experiment: x
 seeds: [0]
@@ -390,6 +398,8 @@ def test_invalid_yaml_config_is_one_line_with_line_and_column(tmp_path, capsys, 
     assert snapshot(tmp_path) == before
 
 
+# Item 7: inherit cycles.
+
 @pytest.mark.parametrize(("files", "cycle"), [
     ({"a": "a"}, "a.yaml -> a.yaml"),
     ({"a": "b", "b": "a"}, "a.yaml -> b.yaml -> a.yaml"),
@@ -407,6 +417,8 @@ def test_inherit_cycle_is_named(tmp_path, capsys, files, cycle):
         f"{cycle}")]
     assert snapshot(tmp_path) == before
 
+
+# Items 8 and 9: duplicate and negative seeds.
 
 SEEDS = "must be a non-empty list of distinct integers >= 0"
 
@@ -431,18 +443,24 @@ def test_bad_seeds_are_rejected_before_anything_runs(tmp_path, capsys, seeds, fl
     assert snapshot(tmp_path) == before
 
 
+# Item 10: 1e-4 in a grid file.
+
 def test_scientific_notation_in_a_grid_file_is_a_number(tmp_path, capsys):
     """Item 10: `lr: 1e-4` (YAML 1.1 reads it as a string) was rejected as '1e-4'. It is the
     number, in base and variants alike, as in the trainer's key=value form."""
     grid = tmp_path / "grid.yaml"
     grid.write_text("experiment: x\nbase: {lr: 1e-4, max_steps: 2, weight_decay: 1E-2}\n"
                     "grid:\n  pods: {n: 4, m: 2, lr: 3e-6}\n  grpo: {n: 4, m: 4}\n")
+    before = snapshot(tmp_path)
     loaded = pipeline.load_grid(grid)
     assert (loaded.config("grpo", 0).lr, loaded.config("pods", 0).lr) == (1e-4, 3e-6)
     assert loaded.config("grpo", 0).weight_decay == 0.01
     assert main(["config", str(grid), "grpo"]) == 0
     assert "\nlr: 0.0001\n" in capsys.readouterr().out
+    assert snapshot(tmp_path) == before
 
+
+# Item 11: the trainer's command line.
 
 @pytest.mark.parametrize(("args", "line"), [
     (["ok.yaml", "run", "nn=3"], ("unknown config key(s): 'nn' (did you mean 'n'?); see Config "
@@ -464,6 +482,8 @@ def test_trainer_command_line_errors_are_one_line(tmp_path, args, line):
     assert "Traceback" not in out.stderr + out.stdout
     assert snapshot(tmp_path) == before
 
+
+# Item 12: a read-only results folder.
 
 def run_read_only(folder, argv):
     """Run `argv` with `folder` read-only for it: a user's folder made read-only (chmod a-w)
@@ -521,6 +541,8 @@ def test_check_writable_on_a_writable_folder_and_a_missing_one(tmp_path):
     rundir.check_writable(tmp_path, "results folder")
     assert list(tmp_path.iterdir()) == []
 
+
+# Item 13: `pods report` with no complete run.
 
 def test_report_with_only_unfinished_runs_lists_them(tmp_path, capsys):
     """Item 13: `pods report` on an experiment whose runs are all unfinished failed inside
