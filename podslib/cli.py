@@ -93,7 +93,10 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"overrides must be key=value; got {item!r}")
-        out[key] = parse_yaml_value(value)
+        try:
+            out[key] = parse_yaml_value(value)
+        except ValueError as err:
+            raise ValueError(f"override {item!r}: {err}") from None
     return out
 
 

@@ -492,9 +492,18 @@ def parse_yaml_value(text: str) -> Any:
 
 
 def _yaml_problem(err: Exception) -> str:
-    mark = getattr(err, "problem_mark", None)
+    """'line 4, column 5: expected ',' or '}', but got ':' (while parsing a flow mapping that
+    starts at line 3, column 7)': where PyYAML stopped, and what it was reading, started where
+    the mistake usually is (an unclosed bracket or quote)."""
+    mark, context = getattr(err, "problem_mark", None), getattr(err, "context", None)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return where + str(getattr(err, "problem", None) or err).strip()
+    text = where + str(getattr(err, "problem", None) or err).strip()
+    start = getattr(err, "context_mark", None)
+    elsewhere = start is not None and (mark is None or (start.line, start.column) !=
+                                       (mark.line, mark.column))
+    if context and elsewhere:
+        text += f" ({context} that starts at line {start.line + 1}, column {start.column + 1})"
+    return text
 
 
 def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

@@ -229,6 +229,115 @@ def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
                          f"cell; accepted: {', '.join(known)}")
 
 
+def check_injected_parameters(history: list[str] | None = None,
+                              namespace: dict[str, Any] | None = None) -> None:
+    """In a notebook run by papermill directly (`papermill NB OUT -p name value`), check the
+    parameters papermill injected against the notebook's parameters cell: papermill only warns
+    about a name the cell does not define, and `-p` makes a string of anything but True, False,
+    None and numbers (`-p resume false` is the truthy 'false').
+
+    Each notebook calls this after the imports of the cell after its parameters cell, before
+    anything reads a parameter. It finds papermill's injected cell (source starting
+    '# Parameters') in the kernel's input history (`In`), takes the cell run just before it as
+    the parameters cell, and raises ValueError naming an unknown parameter (with those
+    accepted) or a value whose type differs from its default's (an int passes for a float, a
+    None default takes anything), saying how to pass it. Without an injected cell (JupyterLab)
+    it does nothing. `history` / `namespace` default to the kernel's input history and
+    variables.
+    """
+    if history is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        if shell is None:
+            return
+        history, namespace = shell.history_manager.input_hist_raw, shell.user_ns
+    injected = [i for i, cell in enumerate(history) if cell.lstrip().startswith("# Parameters")]
+    if not injected or injected[-1] == 0:
+        return
+    defaults = dict(_assignments(history[injected[-1] - 1], literal=True))
+    given = [name for name, _ in _assignments(history[injected[-1]])]
+    unknown = [name for name in given if name not in defaults]
+    if unknown:
+        hints = [repr(name) + _unknown_hint(name, defaults, namespace[name]) for name in unknown]
+        raise ValueError(f"unknown parameter(s) {', '.join(hints)}: not in this notebook's "
+                         f"parameters cell; accepted: {', '.join(defaults)}")
+    for name in given:
+        problem = _parameter_type_problem(name, defaults[name], namespace[name])
+        if problem:
+            raise ValueError(problem)
+
+
+def _unknown_hint(name: str, defaults: dict[str, Any], value: Any) -> str:
+    """' (did you mean 'seed'?)' or, for a Config field where the notebook takes overrides,
+    " (a Config field: -y 'overrides: {max_steps: 1}')"."""
+    import difflib
+
+    import yaml
+
+    if "overrides" in defaults and name in Config.__dataclass_fields__:
+        flow = yaml.safe_dump({name: value}, default_flow_style=True).strip()
+        return f" (a Config field: -y 'overrides: {flow}')"
+    return "".join(f" (did you mean {close!r}?)"
+                   for close in difflib.get_close_matches(name, defaults, n=1))
+
+
+def _assignments(source: str, literal: bool = False) -> list[tuple[str, Any]]:
+    """(name, value) of each `name = value` statement of a cell: the value's literal (None when
+    it is not one) when `literal`, else its syntax tree."""
+    import ast
+
+    out = []
+    for stmt in ast.parse(source).body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and \
+                isinstance(stmt.targets[0], ast.Name):
+            value = stmt.value
+            if literal:
+                try:
+                    value = ast.literal_eval(value)
+                except ValueError:
+                    value = None
+            out.append((stmt.targets[0].id, value))
+    return out
+
+
+def _parameter_type_problem(name: str, default: Any, value: Any) -> str:
+    """'' when `value` may replace `default`, else what is expected and how to pass it."""
+    import shlex
+
+    import yaml
+
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    kind = type(default)
+    if kind is bool:
+        ok, what = isinstance(value, bool), "True or False"
+        how = f"-p {name} True or -p {name} False (any other -p value is a string)"
+    elif kind in (int, float):
+        ok = number and (kind is float or isinstance(value, int))
+        what, how = ("an integer" if kind is int else "a number"), f"-p {name} {default}"
+    elif kind is str:
+        ok, what = isinstance(value, str), "a string"
+        how = f"-r {name} {shlex.quote(str(value))} (-r keeps it a string)"
+    elif kind is list:
+        ok, what = isinstance(value, list), "a list"
+        how = f"-y '{name}: {yaml.safe_dump(default, default_flow_style=True).strip()}'"
+    elif kind is dict:
+        ok, what, how = isinstance(value, dict), "a mapping", f"-y '{name}: {_mapping_hint(value)}'"
+    else:                                                   # None: anything goes
+        return ""
+    return "" if ok else (f"parameter {name!r} must be {what}; got {value!r} "
+                          f"({type(value).__name__}); pass it as {how}")
+
+
+def _mapping_hint(value: Any) -> str:
+    """'{max_steps: 2, lr: 1e-5}' from the string 'max_steps=2,lr=1e-5' (what people type), else
+    '{field: value}'."""
+    pairs = [item.partition("=") for item in str(value).replace(",", " ").split()]
+    if pairs and all(key and sep and val for key, sep, val in pairs):
+        return "{" + ", ".join(f"{key}: {val}" for key, _, val in pairs) + "}"
+    return "{field: value}"
+
+
 def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any],
             kernel: str | None = None, progress: bool = True) -> Path:
     """Run `notebook` with `parameters` (checked first) via papermill, cwd = notebooks/, saving

@@ -107,14 +107,12 @@ def locked(folder: str | Path, what: str):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             owner = _read_lock(path)
-            if owner.get("host") == me["host"] and not _alive(int(owner.get("pid", -1))):
+            if _is_stale(owner):
                 print(f"warning: {what} {str(folder)!r}: taking over the stale lock of process "
                       f"{owner.get('pid')} (no longer running)", file=sys.stderr)
                 path.unlink(missing_ok=True)
                 continue
-            raise LockedError(f"{what} {str(folder)!r} is in use by process {owner.get('pid')} "
-                              f"on {owner.get('host')} since {owner.get('since')}; wait for it "
-                              "to finish or stop it (nothing was written)") from None
+            raise _in_use(folder, what, owner) from None
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         break
@@ -123,6 +121,27 @@ def locked(folder: str | Path, what: str):
     finally:
         if _read_lock(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+
+
+def check_unlocked(folder: str | Path, what: str) -> None:
+    """LockedError naming the owner when a live process holds `folder` (checked before a run
+    reads anything, so that a folder in use is reported as such); a stale lock is left for
+    `locked` to take over."""
+    path = Path(folder) / ".lock"
+    owner = _read_lock(path) if path.exists() else {}
+    if owner and not _is_stale(owner):
+        raise _in_use(Path(folder), what, owner)
+
+
+def _is_stale(owner: dict) -> bool:
+    """The lock's owner ran on this host and is gone."""
+    return owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1)))
+
+
+def _in_use(folder: Path, what: str, owner: dict) -> LockedError:
+    return LockedError(f"{what} {str(folder)!r} is in use by process {owner.get('pid')} on "
+                       f"{owner.get('host')} since {owner.get('since')}; wait for it to finish "
+                       "or stop it (nothing was written)")
 
 
 def _read_lock(path: Path) -> dict:
@@ -181,8 +200,10 @@ def run_state(cfg: Config, run_dir: str | Path) -> str:
 
 def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     """Before any model loads: a resumed folder must hold the same config (resume-safe fields
-    aside); a fresh run must not overwrite a run that started."""
+    aside); a fresh run must not overwrite a run that started; a folder in use by another
+    process is reported as such."""
     check_writable(run_dir, "run folder")
+    check_unlocked(run_dir, "run folder")
     if resume and not (run_dir / "config.yaml").exists():
         raise FileNotFoundError(f"resume: {str(run_dir / 'config.yaml')!r} does not exist; "
                                 "nothing to resume (run without resume first)")
