@@ -33,6 +33,7 @@ from .config import Config, load_yaml
 from .files import atomic_folder, atomic_write, read_jsonl, write_json
 
 KEEP_CHECKPOINTS = 2
+EMPTY_LOCK_S = 10.0     # a lock file naming no owner for this long is stale
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 
 
@@ -71,8 +72,8 @@ def check_writable(folder: str | Path, what: str) -> None:
     while not probe.exists():
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{what} {str(folder)!r} is not writable ({str(probe)!r} is read-only "
-                         "for this user); choose another results_root")
+        raise ValueError(f"{what} {str(folder)!r} is not writable ({str(probe)!r}: read-only "
+                         "file system or no write permission); choose another results_root")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,9 +108,9 @@ def locked(folder: str | Path, what: str):
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             owner = _read_lock(path)
-            if _is_stale(owner):
-                print(f"warning: {what} {str(folder)!r}: taking over the stale lock of process "
-                      f"{owner.get('pid')} (no longer running)", file=sys.stderr)
+            if _is_stale(owner, path):
+                warn(f"warning: {what} {str(folder)!r}: taking over the stale lock of process "
+                     f"{owner.get('pid')} (no longer running)")
                 path.unlink(missing_ok=True)
                 continue
             raise _in_use(folder, what, owner) from None
@@ -129,12 +130,18 @@ def check_unlocked(folder: str | Path, what: str) -> None:
     `locked` to take over."""
     path = Path(folder) / ".lock"
     owner = _read_lock(path) if path.exists() else {}
-    if owner and not _is_stale(owner):
+    if path.exists() and not _is_stale(owner, path):
         raise _in_use(Path(folder), what, owner)
 
 
-def _is_stale(owner: dict) -> bool:
-    """The lock's owner ran on this host and is gone."""
+def _is_stale(owner: dict, path: Path) -> bool:
+    """The lock's owner ran on this host and is gone; or the lock names no owner and is older
+    than EMPTY_LOCK_S (its writer died between creating and filling it)."""
+    if not owner:
+        try:
+            return time.time() - path.stat().st_mtime > EMPTY_LOCK_S
+        except OSError:
+            return True
     return owner.get("host") == socket.gethostname() and not _alive(int(owner.get("pid", -1)))
 
 
@@ -313,7 +320,12 @@ def save_checkpoint(run_dir: Path, state: dict, trainable: dict[str, Tensor],
     return folder
 
 
-def latest_valid_checkpoint(run_dir: Path, warn=print) -> Path | None:
+def warn(message: str) -> None:
+    """A warning line on stderr (damaged checkpoints, stale locks)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def latest_valid_checkpoint(run_dir: Path, warn=warn) -> Path | None:
     """The newest checkpoint that verifies; each newer bad one is named in a warning. None when
     there is no checkpoint; ValueError when there are some but none verifies."""
     found = checkpoints(run_dir)

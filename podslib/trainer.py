@@ -193,6 +193,10 @@ class Trainer:
 
         self.cfg, self.run_dir, self.info, self.device = cfg, run_dir, info, device
         self.progress = progress
+        if not progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()          # its model-loading bars too
         seed_everything(cfg.seed)
         self.model = build_model(cfg, info, device, progress)
         self.data = build_data(cfg, self.model.tokenizer, *examples)
@@ -339,7 +343,7 @@ class Trainer:
         """Continue from the newest valid checkpoint; log lines past it are set aside. Returns
         the restored step (-1 without a checkpoint)."""
         folder = rundir.latest_valid_checkpoint(self.run_dir,
-                                                warn=print if self.info.is_main else _quiet)
+                                                warn=rundir.warn if self.info.is_main else _quiet)
         if folder is not None:
             saved = rundir.load_checkpoint_files(folder)
             D.load_state(self.model.policy, self.optimizer, saved["trainable"], saved["optimizer"])
