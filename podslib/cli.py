@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import pipeline
+from . import notebook, pipeline
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="the tiny default end to end (results/tiny/)")
     repro.add_argument("--config", default=str(pipeline.CONFIGS / "tiny.yaml"),
                        help="grid file (default: configs/tiny.yaml)")
+    repro.add_argument("--jobs", type=int, default=2, help="runs at a time (default 2)")
     paper = sub.add_parser("paper", help="the paper's figures and summary table, recomputed "
                            "from the authors' published logs (results/paper/)")
     paper.add_argument("--data", default=None,
@@ -161,18 +162,19 @@ def _dispatch(args) -> dict:
         print(f"paper: {len(paths)} files under {paths[-1].parent}")
         return {"done": [str(p) for p in paths], "failed": []}
     root = args.results_root or pipeline.REPO / "results"
-    return pipeline.reproduce(args.config, root, kernel=args.kernel, progress=progress)
+    return pipeline.reproduce(args.config, root, kernel=args.kernel, progress=progress,
+                              jobs=args.jobs)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    pipeline.kernel_environment()        # before torch is imported (the warm-start runs here)
+    notebook.kernel_environment()        # before torch is imported (the warm-start runs here)
     try:
         out = _dispatch(args)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"pods {args.command}: error: {err}", file=sys.stderr)
         return _exit(args, 2)
-    except pipeline.NotebookError as err:
+    except notebook.NotebookError as err:
         print(f"pods {args.command}: {err}", file=sys.stderr)
         return 1
     if args.command in ("run", "reproduce"):

@@ -255,10 +255,13 @@ class Config:
                                    low=1)
 
     # --- rollouts and down-sampling ----------------------------------------------------------
-    engine: str = option("hf", "Rollout engine: 'hf' (transformers), 'vllm' or 'auto'.",
-                         choices="rollout.ENGINES")
-    gpu_memory_utilization: float = option(0.3, "vLLM: fraction of GPU memory (on CPU: of RAM) "
-                                           "for the engine.", low=0, high=1, low_open=True)
+    engine: str = option("vllm", "Rollout engine: 'vllm' (the lower PODS/GRPO step-cost ratio on "
+                         "the tiny default: results/bench/step_cost.md), 'hf' (transformers) or "
+                         "'auto'.", choices="rollout.ENGINES")
+    gpu_memory_utilization: float = option(0.05, "vLLM: fraction of GPU memory (on CPU: of RAM) "
+                                           "for the engine; a real model on a GPU needs more "
+                                           "(the paper's configs: 0.3).", low=0, high=1,
+                                           low_open=True)
     n: int = option(16, "Rollouts generated per prompt.", low=1)
     m: int = option(4, "Rollouts kept per prompt for the update (m == n: vanilla GRPO).", low=1)
     rule: str = option("max_variance", "Down-sampling rule: 'max_variance' (PODS), 'max_reward', "

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from podslib import pipeline, rundir
+from podslib import notebook, pipeline, rundir
 from podslib.cli import main
 from podslib.config import Config
 from podslib.rewards import extract_answer, is_correct, score_batch
@@ -113,7 +113,7 @@ def test_score_batch_rejects_anything_but_lists_of_completion_strings(completion
 # status) and that every file already written is unchanged.
 
 EXPERIMENT = "badinput"
-TINY_BASE = {"max_steps": 3, "max_train_seconds": 0, "train_size": 50, "test_size": 4,
+TINY_BASE = {"engine": "hf", "max_steps": 3, "max_train_seconds": 0, "train_size": 50, "test_size": 4,
              "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
              "checkpoint_every_steps": 1, "prompts_per_step": 2, "max_completion_tokens": 12,
              "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}
@@ -565,7 +565,7 @@ def test_report_with_only_unfinished_runs_lists_them(tmp_path, capsys):
 # Items 15 and 16: papermill run directly (the README's command form) only warns about a
 # parameter the notebook does not define and injects it anyway, and makes a string of any -p
 # value but True, False, None and numbers. Every notebook checks what papermill injected
-# (pipeline.check_injected_parameters) before it reads a parameter.
+# (notebook.check_injected_parameters) before it reads a parameter.
 
 NOTEBOOKS = sorted(p.name for p in pipeline.NOTEBOOKS.glob("0[1-5]*.ipynb"))
 CELL = ('config_file = "../configs/tiny.yaml"  # a comment\nseed = 0\nlr = 0.5\noverrides = {}\n'
@@ -577,7 +577,7 @@ def check_injected(values):
     """check_injected_parameters on a kernel history: the parameters cell CELL, then
     papermill's injected cell holding `values`."""
     injected = "# Parameters\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
-    pipeline.check_injected_parameters(["", "import os", CELL, injected], dict(values))
+    notebook.check_injected_parameters(["", "import os", CELL, injected], dict(values))
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -587,7 +587,7 @@ def test_every_notebook_checks_its_parameters_before_using_them(name):
     index = next(i for i, c in enumerate(book.cells) if "parameters" in c.metadata.get("tags", []))
     body = ast.parse(book.cells[index + 1].source).body
     first = next(s for s in body if not isinstance(s, ast.Import | ast.ImportFrom))
-    assert ast.unparse(first) == "pipeline.check_injected_parameters()"
+    assert ast.unparse(first) == "notebook.check_injected_parameters()"
 
 
 def test_parameters_of_the_default_types_pass_and_jupyterlab_is_left_alone():
@@ -595,8 +595,8 @@ def test_parameters_of_the_default_types_pass_and_jupyterlab_is_left_alone():
     cell (JupyterLab, a plain Python process) nothing is checked."""
     check_injected({"seed": 3, "lr": 1, "model": {"any": [1]}, "resume": False, "sizes": [8],
                     "overrides": {"max_steps": 2}, "config_file": "x.yaml"})
-    pipeline.check_injected_parameters(["", CELL, "seed = 'x'\nsed = 1\n"], {"seed": "x", "sed": 1})
-    pipeline.check_injected_parameters()                     # no IPython kernel here
+    notebook.check_injected_parameters(["", CELL, "seed = 'x'\nsed = 1\n"], {"seed": "x", "sed": 1})
+    notebook.check_injected_parameters()                     # no IPython kernel here
 
 
 NOT_IN_CELL = f"not in this notebook's parameters cell; {ACCEPTED}"
@@ -658,7 +658,7 @@ def test_papermill_on_the_command_line(tmp_path, args, line):
     out = tmp_path / "out.ipynb"
     before, notebooks = snapshot(tmp_path), snapshot(pipeline.NOTEBOOKS)
     result = command([sys.executable, "-m", "papermill", "--cwd", "notebooks", "-k",
-                      pipeline.default_kernel(), "notebooks/03_train.ipynb", str(out),
+                      notebook.default_kernel(), "notebooks/03_train.ipynb", str(out),
                       "-p", "config_file", str(missing), *args], cwd=pipeline.REPO)
     assert result.returncode == 1
     assert line.replace("{missing}", str(missing)) in result.stderr.splitlines()

@@ -22,7 +22,7 @@ from test_lab import get, jupyterlab
 from podslib import pipeline
 
 # Tiny budgets: untrained tiny model, 3 s of training clock (the bar's time budget).
-GRID_BASE = {"max_steps": 0, "max_train_seconds": 3, "train_size": 50,
+GRID_BASE = {"engine": "hf", "max_steps": 0, "max_train_seconds": 3, "train_size": 50,
              "test_size": 4, "eval_repeats": 1, "eval_every_s": 1, "checkpoint_every_s": 0,
              "prompts_per_step": 2, "max_completion_tokens": 12,
              "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}

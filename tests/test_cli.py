@@ -14,7 +14,7 @@ from podslib.cli import main
 from podslib.config import Config
 
 CONFIG_FILES = sorted(pipeline.CONFIGS.glob("*.yaml"))
-TINY_BASE = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+TINY_BASE = {"engine": "hf", "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
              "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
              "prompts_per_step": 2, "max_completion_tokens": 12,
              "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}

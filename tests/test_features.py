@@ -122,6 +122,25 @@ def test_tis_weight_is_one_with_the_hf_engine(tmp_path, cache_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.vllm
+def test_tis_ratio_statistics_are_logged_with_vllm(tmp_path, cache_dir):
+    """vLLM samples with its own kernels: its sampling log-probs (tempered, nucleus) differ
+    from the trainer's by float rounding, so the ratio is near 1 but not exactly; its mean, max
+    and the fraction truncated are logged each step. One attention head of 32 dimensions (vLLM's
+    CPU attention has no kernel for 16)."""
+    cfg = easy(cache_dir, engine="vllm", gpu_memory_utilization=0.05, max_steps=3,
+               eval_every_steps=0, temperature=0.8, top_p=0.9, is_correction="tis",
+               **{"tiny.heads": 1})
+    T.train(cfg, tmp_path / "run", progress=False)
+    lines = metrics(tmp_path / "run")
+    assert len(lines) == 3
+    for line in lines:
+        assert 0.9 < line["is_ratio_mean"] < 1.1 and line["is_ratio_max"] >= 1.0
+        assert 0 <= line["is_rejected_frac"] < 0.05
+        assert math.isfinite(line["loss"]) and line["grad_norm"] > 0
+
+
+@pytest.mark.slow
 def test_refill_reaches_the_groups_with_signal_and_stops_at_the_cap(tmp_path, cache_dir):
     """n = 2 rollouts per prompt: many groups are all-right or all-wrong. With the zero-variance
     filter and up to 20 refill rounds every step trains prompts_per_step groups with signal,

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import pipeline, rundir
+from podslib import notebook, pipeline, rundir
 
 NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots", "05_paper"]
 
 # A grid small enough for CPU tests: untrained tiny model (no warm-start), 2 steps, 4 problems.
-TINY_BASE = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+TINY_BASE = {"engine": "hf", "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
              "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
              "prompts_per_step": 2, "max_completion_tokens": 12,
              "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}}
@@ -36,9 +36,9 @@ def tiny_grid(tmp_path_factory):
 def run_notebook(name: str, output, parameters: dict) -> None:
     """Execute notebooks/<name>.ipynb; a failing cell fails the test with its error."""
     try:
-        pipeline.execute(pipeline.NOTEBOOKS / f"{name}.ipynb", output, parameters,
-                         kernel=pipeline.default_kernel(), progress=False)
-    except pipeline.NotebookError as err:
+        notebook.execute(pipeline.NOTEBOOKS / f"{name}.ipynb", output, parameters,
+                         kernel=notebook.default_kernel(), progress=False)
+    except notebook.NotebookError as err:
         pytest.fail(f"{name}: cell {err.cell} raised {err.ename}: {err.evalue}", pytrace=False)
 
 
@@ -61,7 +61,7 @@ def test_notebook_is_committed_clean_with_one_literal_parameters_cell(name):
 def test_unknown_parameter_is_an_error_before_any_kernel_starts(tmp_path):
     out = tmp_path / "out.ipynb"
     with pytest.raises(ValueError, match=r"\['rollout_dir'\] are not in 02_downsampling"):
-        pipeline.execute(pipeline.NOTEBOOKS / "02_downsampling.ipynb", out,
+        notebook.execute(pipeline.NOTEBOOKS / "02_downsampling.ipynb", out,
                          {"rollout_dir": str(tmp_path)})
     assert not out.exists()
 

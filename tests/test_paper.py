@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import paper, pipeline, rundir
+from podslib import notebook, paper, pipeline, rundir
 
 LOGS = paper.DATA / "results"
 
@@ -166,12 +166,12 @@ def test_paper_notebook_with_an_overlay(tmp_path):
             (run / "summary.json").write_text("{}")
     out = tmp_path / "figs"
     try:
-        pipeline.execute(pipeline.NOTEBOOKS / "05_paper.ipynb", tmp_path / "05.ipynb",
+        notebook.execute(pipeline.NOTEBOOKS / "05_paper.ipynb", tmp_path / "05.ipynb",
                          {"data_dir": str(paper.DATA), "setting": "math_main",
                           "experiment": "mine", "results_root": str(tmp_path),
                           "out_dir": str(out), "n_boot": 100},
-                         kernel=pipeline.default_kernel(), progress=False)
-    except pipeline.NotebookError as err:
+                         kernel=notebook.default_kernel(), progress=False)
+    except notebook.NotebookError as err:
         pytest.fail(f"05_paper: cell {err.cell} raised {err.ename}: {err.evalue}",
                     pytrace=False)
     assert (out / "math_main.png").is_file()

