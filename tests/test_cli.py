@@ -3,6 +3,7 @@
 overwritten), and bad input gives one clear error before anything runs."""
 
 import hashlib
+import re
 import subprocess
 import sys
 
@@ -62,7 +63,7 @@ def test_paper_settings():
     tiny = pipeline.load_grid(pipeline.CONFIGS / "tiny.yaml")
     g, p = tiny.config("grpo", 0), tiny.config("pods", 0)
     assert g.n == g.m == p.m < p.n and g.max_train_seconds == p.max_train_seconds
-    assert tiny.seeds == [0, 1, 2]
+    assert tiny.seeds == [0, 1, 2, 3, 4] and g.lr == p.lr == 5e-5
 
 
 def test_relative_paths_are_taken_from_the_repository_root():
@@ -169,7 +170,9 @@ def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
     assert (exp / "downsampling" / "rule_statistics.csv").exists()
     assert rundir.is_complete(exp / "grpo-s0") and rundir.is_complete(exp / "pods-s0")
     assert (exp / "summary.csv").exists() and (exp / "figures" / "accuracy_vs_time.png").exists()
-    assert "| pods | 4 | 2 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "repro: speedups over grpo (95% bootstrap intervals over seeds)" in out
+    assert re.search(r"^\s*pods\s+4/2\s+1\s", out, re.M), out
     before = snapshot(root)
     assert main(args) == 0
     assert capsys.readouterr().out.count("[skip]") == 5          # 01, 02, two runs, report
