@@ -47,8 +47,8 @@ def option(default: Any, help: str, *, choices: str | tuple | None = None,
     is checked, so a rule registered later is accepted). low / high: numeric bounds (closed
     unless *_open). pattern: (regex a string must match in full, what that means in words).
     check: 'module.function' of podslib that raises ValueError for a bad value (for values no
-    registry or range describes). resume_safe: may differ when a run is resumed (budgets and cadence change when a run
-    stops, never what a step computes).
+    registry or range describes). resume_safe: may differ when a run is resumed (budgets and
+    cadence change when a run stops, never what a step computes).
     """
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
             "high_open": high_open, "pattern": pattern, "check": check,

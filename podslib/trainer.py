@@ -1,10 +1,11 @@
 """The GRPO / GRPO-PODS training loop (docs/method.md; Xu et al. 2025, Algorithm 1).
 
-One step, for the G prompts of this rank (`Trainer.step`):
+One step (`Trainer.draw`, then `Trainer.step`), for the G prompts of this rank:
 
     groups  = generate(engine, prompts, cfg, seeds)            # n rollouts per prompt
-    scored  = score(groups, golds, cfg)                        # rewards [G, n]
-    keep, idx, adv = select_rollouts(scored.rewards, cfg, step)   # filter, select m, advantages
+    scored  = score(groups, golds, cfg)                        # rewards [G, n], all ranks
+    keep    = passing(scored.rewards, cfg)                     # group filter (refill rounds)
+    idx, adv = select_rollouts(scored.rewards, cfg, step)      # select m, advantages [G, m]
     update(policy, ..., build_batch(groups, idx, adv, keep))   # micro-batched, mu iterations
     sync(engine, policy)                                       # the engine samples the new policy
 
