@@ -120,26 +120,37 @@ def step_times(metrics: pd.DataFrame) -> pd.DataFrame:
 def _put(row: dict, name: str, est: S.Estimate) -> None:
     row.update({name: est.value, f"{name}_ci_low": est.low, f"{name}_ci_high": est.high,
                 f"{name}_verdict": est.verdict})
+    if est.at_most is not None:
+        row[f"{name}_at_most"] = est.at_most
 
 
 def comparison(base: pd.DataFrame, runs: pd.DataFrame, frac: float = 0.99, paired: bool = True,
                n_boot: int = S.N_BOOT, seed: int = 0) -> dict[str, Any]:
     """The summary columns of one variant's evaluation rows `runs` against the baseline's
     `base`: wall-clock (speedup*) and per-step (step_speedup*) speedups, peak and final
-    differences (peak_diff*, final_diff*), each with ci_low, ci_high and verdict; the step-cost
+    differences (peak_diff*, final_diff*), each with ci_low, ci_high and verdict (speedups also
+    with at_most: the censoring bound when the variant never reached the threshold); the step-cost
     ratio and the wall-clock speedup it predicts from the per-step curves (predicted_speedup*,
-    prediction_in_ci: inside the measured wall-clock interval)."""
+    prediction_in_ci: inside the measured wall-clock interval); at equal steps, both arms cut at
+    the shorter one's step horizon: equal_steps_speedup* (threshold 99% of the baseline's peak
+    within those steps) and equal_steps_diff* (accuracy difference at that step)."""
+    step_base, step_runs = S.arm(base, "step"), S.arm(runs, "step")
     wall, _ = S.compare(S.arm(base), S.arm(runs), paired, frac, n_boot, seed)
-    step, step_reps = S.compare(S.arm(base, "step"), S.arm(runs, "step"), paired, frac,
-                                n_boot, seed)
+    step, step_reps = S.compare(step_base, step_runs, paired, frac, n_boot, seed)
+    horizon = min(step_runs.x[-1], step_base.x[-1])
+    equal, _ = S.compare(S.truncate(step_base, horizon), S.truncate(step_runs, horizon), paired,
+                         frac, n_boot, seed)
     cost = S.seconds_per_step(runs) / S.seconds_per_step(base)
     row: dict[str, Any] = {"cost_ratio": cost}
     for name, est in [("speedup", wall["speedup"]), ("step_speedup", step["speedup"]),
-                      ("peak_diff", wall["peak_diff"]), ("final_diff", wall["final_diff"])]:
+                      ("peak_diff", wall["peak_diff"]), ("final_diff", wall["final_diff"]),
+                      ("equal_steps_speedup", equal["speedup"]),
+                      ("equal_steps_diff", equal["final_diff"])]:
         _put(row, name, est)
-    check = S.regime_check(step["speedup"], step_reps["speedup"], wall["speedup"], cost) \
+    check = S.regime_check(step["speedup"], step_reps, wall["speedup"], cost) \
         if math.isfinite(cost) else {}
     row.update({"predicted_speedup": check.get("predicted", math.nan),
+                "predicted_speedup_at_most": check.get("predicted_at_most", math.nan),
                 "predicted_speedup_ci_low": check.get("predicted_ci_low", math.nan),
                 "predicted_speedup_ci_high": check.get("predicted_ci_high", math.nan),
                 "prediction_in_ci": check.get("inside_measured_ci", "")})
@@ -224,17 +235,24 @@ def regime_maps(curves: pd.DataFrame, table: pd.DataFrame, baseline: str, frac: 
         est, reps = S.compare(S.arm(base, "step"), S.arm(runs, "step"), paired, frac, n_boot,
                               seed)
         grid = S.cost_grid(row["cost_ratio"]) if costs is None else costs
-        maps[row["variant"]] = S.regime(est["speedup"], reps["speedup"], grid)
+        maps[row["variant"]] = S.regime(est["speedup"], reps, grid)
         measured[row["variant"]] = {"cost_ratio": row["cost_ratio"], "speedup": row["speedup"],
                                     "ci_low": row["speedup_ci_low"],
                                     "ci_high": row["speedup_ci_high"]}
     return maps, measured
 
 
-def _ratio(value: float, low: float, high: float) -> str:
+def _ratio(value: float, low: float, high: float, at_most: float = math.nan) -> str:
+    """'1.50x [1.20, 1.80]', or 'never (< 1.67x) [0.00, 1.71]' when censored."""
     if math.isnan(value):
         return "-"
-    return f"{value:.2f}x [{low:.2f}, {high:.2f}]"
+    point = f"never (< {at_most:.2f}x)" if value == 0 and at_most > 0 else f"{value:.2f}x"
+    return f"{point} [{low:.2f}, {high:.2f}]"
+
+
+def _get(row: pd.Series, name: str) -> list[float]:
+    """Value, ci_low, ci_high (and at_most, when the table has it) of one summary estimate."""
+    return [float(row.get(f"{name}{s}", math.nan)) for s in ("", "_ci_low", "_ci_high", "_at_most")]
 
 
 def _points(value: float, low: float, high: float) -> str:
@@ -247,19 +265,18 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
     """The verdict columns of a `summary_table` as short strings indexed by variant, for a
     notebook pane or a terminal: accuracy in %, differences in points, speedups as
     'value x [95% CI]'."""
-    def get(row, name):
-        return [float(row.get(f"{name}{s}", math.nan)) for s in ("", "_ci_low", "_ci_high")]
-
     out = []
     for _, row in table.iterrows():
         line = {"variant": row["variant"], "n/m": f"{row['n']}/{row['m']}",
                 "seeds": row["seeds"], "peak": f"{100 * row['peak_acc']:.1f}%"}
         if "speedup" in table.columns:
             line.update({
-                "peak diff (pt)": _points(*get(row, "peak_diff")),
-                "per-step speedup": _ratio(*get(row, "step_speedup")),
+                "peak diff (pt)": _points(*_get(row, "peak_diff")[:3]),
+                "per-step speedup": _ratio(*_get(row, "step_speedup")),
                 "verdict (step)": row["step_speedup_verdict"],
-                "wall-clock speedup": _ratio(*get(row, "speedup")),
+                "at equal steps": _ratio(*_get(row, "equal_steps_speedup")),
+                "verdict (equal steps)": row["equal_steps_speedup_verdict"],
+                "wall-clock speedup": _ratio(*_get(row, "speedup")),
                 "verdict (wall)": row["speedup_verdict"]})
         out.append(line)
     return pd.DataFrame(out).set_index("variant")
@@ -268,18 +285,23 @@ def compact_table(table: pd.DataFrame) -> pd.DataFrame:
 def cost_table(table: pd.DataFrame) -> pd.DataFrame:
     """The step-cost columns of a `summary_table` as short strings indexed by variant: s/step, the
     step-cost ratio c, the wall-clock speedup predicted at c from the per-step curves and
-    whether it lies inside the measured wall-clock interval."""
-    def get(row, name):
-        return [float(row[f"{name}{s}"]) for s in ("", "_ci_low", "_ci_high")]
-
+    whether it lies inside the measured wall-clock interval; and the equal-steps speedup / c
+    and / the paper's c: the wall-clock speedup to the level both arms reach in steps, at each
+    cost (exact for a fixed level: time = steps x s/step)."""
     out = []
     for _, row in table.iterrows():
         line = {"variant": row["variant"], "s/step": f"{row['s_per_step']:.3g}"}
         if "predicted_speedup" in table.columns:
-            line.update({"c": f"{row['cost_ratio']:.2f}",
-                         "predicted at c": _ratio(*get(row, "predicted_speedup")),
-                         "measured": _ratio(*get(row, "speedup")),
-                         "inside": row["prediction_in_ci"]})
+            equal, c = _get(row, "equal_steps_speedup"), row["cost_ratio"]
+            if row["speedup_verdict"] == "baseline":
+                equal = [math.nan] * 4
+            line.update({"c": f"{c:.2f}",
+                         "predicted at c": _ratio(*_get(row, "predicted_speedup")),
+                         "measured": _ratio(*_get(row, "speedup")),
+                         "inside": row["prediction_in_ci"],
+                         "equal steps / c": _ratio(*(v / c for v in equal)),
+                         f"equal steps / {S.PAPER_COST}": _ratio(*(v / S.PAPER_COST
+                                                                   for v in equal))})
         out.append(line)
     return pd.DataFrame(out).set_index("variant")
 
@@ -287,7 +309,8 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
 def report_text(table: pd.DataFrame, experiment: str, baseline: str | None) -> str:
     """Per variant, the per-step and wall-clock speedups with intervals and verdicts (the
     `compact_table` columns that say it), under a header line, as plain text for a terminal."""
-    keep = ["variant", "n/m", "seeds", "per-step speedup", "verdict (step)",
+    keep = ["variant", "n/m", "seeds", "per-step speedup", "verdict (step)", "at equal steps",
+            "verdict (equal steps)",
             "wall-clock speedup", "verdict (wall)"]
     compact = compact_table(table).reset_index()
     head = (f"{experiment}: speedups over {baseline} (95% bootstrap intervals over seeds)"

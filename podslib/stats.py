@@ -11,9 +11,12 @@ averages all seeds and no curve is extrapolated.
 Speedup (the paper's definition): threshold = frac (0.99) x the baseline's highest seed-mean
 point at x > 0; x_base, x_method = the first evaluation point (x > 0) where each seed-mean curve
 reaches it; speedup = x_base / x_method. The point x = 0 (the model before training) is left out
-as in the paper. A method that never reaches the threshold within its horizon has speedup 0;
-the baseline always reaches its own threshold, so the speedup is finite (NaN only when a curve
-has no evaluation after x = 0).
+as in the paper. A method that never reaches the threshold within its horizon has speedup 0,
+and is censored: it would have reached it after its last point x_end, so its speedup is below
+at_most = x_base / x_end. This matters for the per-step speedup under a time budget, where the
+costlier variant runs fewer steps: 'never within 390 steps' is not 'slower' when GRPO needed
+650. The baseline always reaches its own threshold, so the speedup is finite (NaN only when a
+curve has no evaluation after x = 0).
 
 Intervals: 95% percentile bootstrap over seeds, vectorised as resamples x seeds x grid. Paired
 (the kit's runs: seed s of every variant starts from the same model and is evaluated on the
@@ -21,7 +24,9 @@ same problems) resamples seed indices once and uses them for both arms; unpaired
 runs, like the paper's 10 per setting) resamples each arm on its own. On synthetic studies with
 a known speedup and 8 seeds the percentile interval covers it in about 95% of studies, while
 the bias-correcting alternatives under-cover (the estimator's distribution is discrete with an
-atom at 0: 'never reached'); tests/test_stats.py holds that check.
+atom at 0: 'never reached'); tests/test_stats.py holds that check. A censored replicate counts
+as 0 for the interval's low end and as its at_most for the high end, so the interval holds
+every speedup the data allow.
 
 Cost regime: scaling each curve's step axis by its seconds per step moves no first-crossing
 point, so the wall-clock speedup predicted at step-cost ratio c (variant s/step / baseline
@@ -71,6 +76,15 @@ class Arm:
         return Arm(self.x, self.values[rows], np.asarray(seeds), self.last[rows])
 
 
+def truncate(a: Arm, end: float) -> Arm:
+    """The arm as if every seed had stopped at x = end: grid points <= end, and each seed's
+    last value the held one at end (an equal-horizon comparison with a shorter arm)."""
+    keep = a.x <= end
+    if not keep.any():
+        raise ValueError(f"end must be at or after the arm's first point {a.x[0]}; got {end}")
+    return Arm(a.x[keep], a.values[:, keep], a.seeds, a.values[:, keep][:, -1])
+
+
 def arm(runs: pd.DataFrame, x: str = "train_time_s", value: str = "accuracy") -> Arm:
     """The seed curves of one variant's evaluation rows (columns seed, `x`, `value`)."""
     if x not in runs.columns:
@@ -117,7 +131,8 @@ def first_reach(x: np.ndarray, means: np.ndarray, threshold: np.ndarray) -> np.n
 def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndarray,
              frac: float = 0.99) -> dict[str, np.ndarray]:
     """The paper's speedup of curves `means` [B, g] (on x [g]) over baseline curves `base`
-    [B, gb] (on base_x [gb]), row by row: threshold, x_base, x_method, speedup (each [B])."""
+    [B, gb] (on base_x [gb]), row by row: threshold, x_base, x_method, speedup and at_most
+    (speedup, or x_base / the last x where never reached: the censoring bound), each [B]."""
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
     threshold = frac * peak(base_x, base)
@@ -125,15 +140,17 @@ def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndar
     x_method = first_reach(x, means, threshold)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(np.isinf(x_method), 0.0, x_base / x_method)
+        at_most = np.where(np.isinf(x_method), x_base / np.asarray(x, float)[-1], ratio)
     if not (np.asarray(x) > 0).any():
-        ratio = np.full(len(ratio), np.nan)
-    ratio[np.isnan(threshold)] = np.nan
-    return {"threshold": threshold, "x_base": x_base, "x_method": x_method, "speedup": ratio}
+        ratio = at_most = np.full(len(ratio), np.nan)
+    ratio[np.isnan(threshold)] = at_most[np.isnan(threshold)] = np.nan
+    return {"threshold": threshold, "x_base": x_base, "x_method": x_method, "speedup": ratio,
+            "at_most": at_most}
 
 
 def speedup(base_x, base_y, x, y, frac: float = 0.99) -> dict[str, float]:
     """The paper's speedup of one curve (x, y) over one baseline curve: threshold, x_base,
-    x_method, speedup as floats (see the module docstring for the definition)."""
+    x_method, speedup, at_most as floats (see the module docstring for the definition)."""
     out = speedups(np.asarray(base_x, float), np.asarray(base_y, float)[None],
                    np.asarray(x, float), np.asarray(y, float)[None], frac)
     return {k: float(v[0]) for k, v in out.items()}
@@ -145,12 +162,14 @@ def speedup(base_x, base_y, x, y, frac: float = 0.99) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A statistic with its 95% interval and the value that means 'no difference' (null)."""
+    """A statistic with its 95% interval and the value that means 'no difference' (null); for
+    a speedup, at_most is the largest value the data allow (the value itself unless censored)."""
 
     value: float
     low: float
     high: float
     null: float
+    at_most: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -173,6 +192,16 @@ def percentile(value: float, reps: np.ndarray, null: float, level: float = LEVEL
     return Estimate(float(value), float(low), float(high), null)
 
 
+def censored(value: float, at_most: float, reps: np.ndarray, reps_at_most: np.ndarray,
+             level: float = LEVEL) -> Estimate:
+    """A speedup (null 1) whose replicates may be censored: the interval runs from the low
+    percentile of `reps` (never reached = 0) to the high percentile of `reps_at_most` (never
+    reached = its bound). value, at_most: the point estimate and its bound; reps: [B]."""
+    low = percentile(value, reps, 1.0, level)
+    high = percentile(value, reps_at_most, 1.0, level)
+    return Estimate(float(value), low.low, high.high, 1.0, float(at_most))
+
+
 def resamples(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Seed indices of `n_boot` bootstrap resamples: [n_boot, n_seeds], row 0 the sample itself
     (so that replicate 0 is the point estimate)."""
@@ -183,20 +212,23 @@ def resamples(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray
 
 def statistics(base: Arm, variant: Arm, base_idx: np.ndarray, idx: np.ndarray,
                frac: float = 0.99) -> dict[str, np.ndarray]:
-    """Speedup, peak and final differences (variant - baseline) of resampled seed means.
-    base_idx: [B, Sb], idx: [B, Sv] -> each statistic [B]."""
+    """Speedup (and its censoring bound speedup_at_most), peak and final differences
+    (variant - baseline) of resampled seed means. base_idx: [B, Sb], idx: [B, Sv] -> each
+    statistic [B]."""
     base_mean = base.values[base_idx].mean(axis=1)                       # [B, gb]
     mean = variant.values[idx].mean(axis=1)                              # [B, gv]
-    return {"speedup": speedups(base.x, base_mean, variant.x, mean, frac)["speedup"],
+    fast = speedups(base.x, base_mean, variant.x, mean, frac)
+    return {"speedup": fast["speedup"], "speedup_at_most": fast["at_most"],
             "peak_diff": peak(variant.x, mean) - peak(base.x, base_mean),
             "final_diff": variant.last[idx].mean(axis=1) - base.last[base_idx].mean(axis=1)}
 
 
 def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
             n_boot: int = N_BOOT, seed: int = 0) -> tuple[dict[str, Estimate], dict]:
-    """Bootstrap comparison of `variant` against `base`: Estimates of speedup (null 1),
-    peak_diff and final_diff (null 0), and the replicates {name: [n_boot]}. Paired: both arms
-    restricted to their common seeds and resampled with the same indices."""
+    """Bootstrap comparison of `variant` against `base`: Estimates of speedup (null 1,
+    censored), peak_diff and final_diff (null 0), and the replicates {name: [n_boot]} (with
+    speedup_at_most). Paired: both arms restricted to their common seeds and resampled with the
+    same indices."""
     rng = np.random.default_rng(seed)
     if paired:
         common = np.array([s for s in base.seeds if s in set(variant.seeds)])
@@ -209,8 +241,9 @@ def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
         base_idx = resamples(len(base.seeds), n_boot, rng)
         idx = resamples(len(variant.seeds), n_boot, rng)
     stats = statistics(base, variant, base_idx, idx, frac)
-    nulls = {"speedup": 1.0, "peak_diff": 0.0, "final_diff": 0.0}
-    est = {k: percentile(v[0], v[1:], nulls[k]) for k, v in stats.items()}
+    fast, bound = stats["speedup"], stats["speedup_at_most"]
+    est = {"speedup": censored(fast[0], bound[0], fast[1:], bound[1:]),
+           **{k: percentile(stats[k][0], stats[k][1:], 0.0) for k in ("peak_diff", "final_diff")}}
     return est, {k: v[1:] for k, v in stats.items()}
 
 
@@ -218,14 +251,19 @@ def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
 # cost regime: wall-clock speedup predicted from the per-step curves
 # ----------------------------------------------------------------------------------------------
 
-def regime(step_speedup: Estimate, step_reps: np.ndarray, costs: np.ndarray) -> pd.DataFrame:
+def regime(step_speedup: Estimate, step_reps: dict[str, np.ndarray], costs: np.ndarray
+           ) -> pd.DataFrame:
     """Predicted wall-clock speedup at each step-cost ratio c in `costs` [k]: the per-step
-    speedup / c, with the percentile interval of the replicates / c. One row per c."""
+    speedup / c (and its bound at_most / c), with the censored interval of the replicates
+    (`compare`'s speedup and speedup_at_most) / c. One row per c."""
     costs = np.asarray(costs, float)
     if (costs <= 0).any():
         raise ValueError(f"step-cost ratios must be > 0; got {costs.tolist()}")
-    rows = [percentile(step_speedup.value / c, np.asarray(step_reps) / c, 1.0) for c in costs]
+    fast, bound = (np.asarray(step_reps[k]) for k in ("speedup", "speedup_at_most"))
+    rows = [censored(step_speedup.value / c, step_speedup.at_most / c, fast / c, bound / c)
+            for c in costs]
     return pd.DataFrame({"cost_ratio": costs, "predicted": [r.value for r in rows],
+                         "at_most": [r.at_most for r in rows],
                          "ci_low": [r.low for r in rows], "ci_high": [r.high for r in rows]})
 
 
@@ -236,14 +274,15 @@ def cost_grid(measured: float, points: int = 50) -> np.ndarray:
     return np.linspace(min(ends), max(ends), points)
 
 
-def regime_check(step_speedup: Estimate, step_reps: np.ndarray, wall: Estimate,
+def regime_check(step_speedup: Estimate, step_reps: dict[str, np.ndarray], wall: Estimate,
                  cost: float) -> dict[str, float | bool]:
     """The prediction at the measured step-cost ratio against the measured wall-clock speedup:
-    predicted value and interval, and whether the prediction lies inside the measured
+    predicted value, bound and interval, and whether the prediction lies inside the measured
     interval."""
     row = regime(step_speedup, step_reps, np.array([cost])).iloc[0]
     inside = bool(wall.low <= row["predicted"] <= wall.high)
     return {"cost_ratio": cost, "predicted": float(row["predicted"]),
+            "predicted_at_most": float(row["at_most"]),
             "predicted_ci_low": float(row["ci_low"]), "predicted_ci_high": float(row["ci_high"]),
             "inside_measured_ci": inside}
 

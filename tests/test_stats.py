@@ -81,6 +81,53 @@ def test_speedup_leaves_out_x_zero_as_the_paper():
         S.speedup([0, 1], [1, 1], [0, 1], [1, 1], frac=0)
 
 
+def test_never_reached_is_censored_at_x_base_over_the_horizon():
+    """Baseline reaches .792 at 40. A method that stops at 20 below it (.5, .7) has speedup 0,
+    at most 40 / 20 = 2 (it could have crossed just after 20); one that stops at 50 below it,
+    at most 40 / 50 = 0.8. A method that reaches it has at_most = its speedup."""
+    bx, by = [0, 10, 20, 30, 40], [.2, .4, .6, .7, .8]
+    short = S.speedup(bx, by, [0, 10, 20], [.2, .5, .7])
+    assert (short["speedup"], short["at_most"]) == (0.0, 2.0)
+    long = S.speedup(bx, by, [0, 25, 50], [.2, .5, .7])
+    assert (long["speedup"], long["at_most"]) == (0.0, 0.8)
+    reached = S.speedup(bx, by, [0, 10, 20], [.2, .5, .8])
+    assert reached["at_most"] == reached["speedup"] == 2.0
+
+
+def test_censored_interval_spans_what_the_data_allow_and_sets_the_verdict():
+    """Every seed of a short variant (horizon 20 steps) stays below a baseline that crosses at
+    40: the point is 0, at most 2, the interval [0, 2]: not distinguishable, not 'slower'. The
+    same variant run to 50 without crossing: at most 0.8 < 1, so 'slower'."""
+    base = S.arm(pd.concat([frame(s, [0, 10, 20, 30, 40], [.2, .4, .6, .7, .8]) for s in range(4)]))
+    short = S.arm(pd.concat([frame(s, [0, 10, 20], [.2, .5, .7]) for s in range(4)]))
+    long = S.arm(pd.concat([frame(s, [0, 25, 50], [.2, .5, .7]) for s in range(4)]))
+    est, reps = S.compare(base, short, n_boot=50)
+    fast = est["speedup"]
+    assert (fast.value, fast.at_most, fast.low, fast.high) == (0.0, 2.0, 0.0, 2.0)
+    assert fast.verdict == "not distinguishable"
+    np.testing.assert_allclose(reps["speedup_at_most"], 2.0)
+    assert S.compare(base, long, n_boot=50)[0]["speedup"].verdict == "slower"
+    table = S.regime(fast, reps, np.array([1.0, 2.5]))
+    np.testing.assert_allclose(table["at_most"], [2.0, 0.8])
+    np.testing.assert_allclose(table["ci_high"], [2.0, 0.8])
+
+
+def test_equal_steps_comparison_cuts_both_arms_at_the_shorter_horizon():
+    """Baseline .2,.4,.6,.7,.8 at 0..40; a variant .2,.5,.7 at 0,10,20. Cut at 20: the
+    baseline's peak there is .6 (threshold .594, reached at 20); the variant is at .5 at 10 and
+    .7 at 20, so it reaches it at 20 too -> 1x, and its final .7 against the baseline's .6 at
+    20 -> +.1. Uncut, the variant never reaches .792 (censored, 0)."""
+    base = S.arm(pd.concat([frame(s, [0, 10, 20, 30, 40], [.2, .4, .6, .7, .8]) for s in range(3)]))
+    var = S.arm(pd.concat([frame(s, [0, 10, 20], [.2, .5, .7]) for s in range(3)]))
+    cut = S.truncate(base, 20)
+    assert cut.x.tolist() == [0, 10, 20] and cut.last.tolist() == pytest.approx([.6] * 3)
+    est, _ = S.compare(cut, S.truncate(var, 20), n_boot=20)
+    assert est["speedup"].value == 1.0 and est["final_diff"].value == pytest.approx(0.1)
+    assert S.compare(base, var, n_boot=20)[0]["speedup"].value == 0.0
+    with pytest.raises(ValueError, match="end must be"):
+        S.truncate(base, -1)
+
+
 def test_seed_speedups_pair_equal_seeds_with_own_thresholds():
     """Seed 0: base reaches .99*.5 at 20, variant at 10 -> 2. Seed 1: base peak .4 -> .396 at
     30; variant .4 at 10 -> 3. Seed 2 exists for the variant only and is left out."""
@@ -263,12 +310,12 @@ def test_regime_prediction_known_answer():
     wall, _ = S.compare(S.arm(base), S.arm(pods), n_boot=100)
     cost = S.seconds_per_step(pods) / S.seconds_per_step(base)
     assert (step["speedup"].value, cost, wall["speedup"].value) == pytest.approx((2, 1.6, 1.25))
-    table = S.regime(step["speedup"], reps["speedup"], np.array([1.0, 1.6, 2.0]))
+    table = S.regime(step["speedup"], reps, np.array([1.0, 1.6, 2.0]))
     np.testing.assert_allclose(table["predicted"], [2.0, 1.25, 1.0])
-    check = S.regime_check(step["speedup"], reps["speedup"], wall["speedup"], cost)
+    check = S.regime_check(step["speedup"], reps, wall["speedup"], cost)
     assert check["predicted"] == pytest.approx(1.25) and check["inside_measured_ci"]
     with pytest.raises(ValueError, match="step-cost ratios"):
-        S.regime(step["speedup"], reps["speedup"], np.array([0.0]))
+        S.regime(step["speedup"], reps, np.array([0.0]))
 
 
 def test_regime_prediction_with_noise_matches_the_measured_interval():
@@ -280,7 +327,7 @@ def test_regime_prediction_with_noise_matches_the_measured_interval():
     base, pods = (curves[curves["variant"] == v] for v in ("grpo", "pods"))
     step, reps = S.compare(S.arm(base, "step"), S.arm(pods, "step"), n_boot=500)
     wall, _ = S.compare(S.arm(base), S.arm(pods), n_boot=500)
-    check = S.regime_check(step["speedup"], reps["speedup"], wall["speedup"], 2.2)
+    check = S.regime_check(step["speedup"], reps, wall["speedup"], 2.2)
     assert check["predicted"] == pytest.approx(wall["speedup"].value)
     assert (check["predicted_ci_low"], check["predicted_ci_high"]) == \
         pytest.approx((wall["speedup"].low, wall["speedup"].high))
