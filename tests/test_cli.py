@@ -172,7 +172,7 @@ def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
     assert (exp / "summary.csv").exists() and (exp / "figures" / "accuracy_vs_time.png").exists()
     out = capsys.readouterr().out
     assert "repro: speedups over grpo (95% bootstrap intervals over seeds)" in out
-    assert re.search(r"^\s*pods\s+4/2\s+1\s", out, re.M), out
+    assert re.search(r"^\s*pods\s+4/2\s+1\s", out, re.MULTILINE), out
     before = snapshot(root)
     assert main(args) == 0
     assert capsys.readouterr().out.count("[skip]") == 5          # 01, 02, two runs, report
