@@ -37,10 +37,12 @@ def default_kernel() -> str:
 
 def kernel_environment() -> None:
     """Environment the notebook kernels inherit (set unless the user already did): an in-process
-    vLLM engine (weight sync needs it, docs/design.md "Engines") and, on machines without a GPU,
-    one torch thread per process: several OpenMP threads per process on a small, shared CPU wait
-    on each other."""
+    vLLM engine (weight sync needs it, docs/design.md "Engines"); torch's C++ log at errors only
+    (vLLM's CPU worker otherwise prints a NUMA-binding notice for every run); and, on machines
+    without a GPU, one torch thread per process: several OpenMP threads per process on a small,
+    shared CPU wait on each other."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     if shutil.which("nvidia-smi") is None:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 

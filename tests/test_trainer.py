@@ -291,3 +291,33 @@ def test_a_rule_and_a_reward_term_registered_here_train_through_config(tmp_path,
     assert [x["step"] for x in lines] == [1, 2]
     for x in lines:
         assert x["reward_mean_all"] >= 1.0 and x["reward_mean_sel"] <= x["reward_mean_all"]
+
+
+def test_variants_of_one_seed_are_evaluated_on_the_same_problems_with_the_same_seeds(
+        tmp_path, cache_dir, monkeypatch):
+    """The paired design: GRPO 4/4 and PODS 8 -> 4 of seed 0 start from the same model and, at
+    every evaluation, sample the same test problems with the same per-problem seeds, so their
+    step-0 results are equal problem by problem; seed 1 samples the same problems with other
+    seeds."""
+    from podslib import evaluate as E
+
+    calls: dict[str, list] = {}
+    real = E.evaluate
+
+    def record(engine, examples, *args, seeds, **kwargs):
+        result = real(engine, examples, *args, seeds=seeds, **kwargs)
+        calls.setdefault(run, []).append(([e.question for e in examples], list(seeds),
+                                          list(result["per_problem"])))
+        return result
+
+    monkeypatch.setattr(E, "evaluate", record)
+    for run, values in [("grpo-s0", {"n": 4, "m": 4}), ("pods-s0", {"n": 8, "m": 4}),
+                        ("grpo-s1", {"n": 4, "m": 4, "seed": 1})]:
+        cfg = easy(cache_dir, max_steps=2, eval_every_steps=1, **values)
+        T.train(cfg, tmp_path / run, progress=False)
+    assert len(calls["grpo-s0"]) == len(calls["pods-s0"]) == 3
+    for (problems, seeds, _), (problems_p, seeds_p, _) in zip(calls["grpo-s0"], calls["pods-s0"]):
+        assert problems == problems_p and seeds == seeds_p
+    assert calls["grpo-s0"][0][2] == calls["pods-s0"][0][2]       # step 0: same model
+    problems_1, seeds_1, _ = calls["grpo-s1"][0]
+    assert problems_1 == calls["grpo-s0"][0][0] and seeds_1 != calls["grpo-s0"][0][1]
