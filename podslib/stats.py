@@ -14,8 +14,8 @@ reaches it; speedup = x_base / x_method. The point x = 0 (the model before train
 as in the paper. A method that never reaches the threshold within its horizon has speedup 0,
 and is censored: it would have reached it after its last point x_end, so its speedup is below
 at_most = x_base / x_end. This matters for the per-step speedup under a time budget, where the
-costlier variant runs fewer steps: 'never within 390 steps' is not 'slower' when GRPO needed
-650. The baseline always reaches its own threshold, so the speedup is finite (NaN only when a
+costlier variant runs fewer steps: never reaching it within its steps is not 'slower' when the
+baseline needed more steps than that. The baseline always reaches its own threshold, so the speedup is finite (NaN only when a
 curve has no evaluation after x = 0).
 
 Intervals: 95% percentile bootstrap over seeds, vectorised as resamples x seeds x grid. Paired
