@@ -238,7 +238,7 @@ def cost_regime(maps: dict[str, pd.DataFrame], measured: dict[str, dict] | None 
     dashed at its bound (the largest speedup the data allow)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, table in maps.items():
-        never = (table["predicted"] == 0).all() and "at_most" in table
+        never = (table["predicted"] == 0).all()
         y, label = (table["at_most"], f"{name}: at most (never reached)") if never \
             else (table["predicted"], f"{name}: predicted")
         (line,) = ax.plot(table["cost_ratio"], y, ls="--" if never else "-", label=label)

@@ -135,15 +135,16 @@ def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndar
     (speedup, or x_base / the last x where never reached: the censoring bound), each [B]."""
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
+    x = np.asarray(x, float)
     threshold = frac * peak(base_x, base)
     x_base = first_reach(base_x, base, threshold)
     x_method = first_reach(x, means, threshold)
+    never = np.isinf(x_method)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(np.isinf(x_method), 0.0, x_base / x_method)
-        at_most = np.where(np.isinf(x_method), x_base / np.asarray(x, float)[-1], ratio)
-    if not (np.asarray(x) > 0).any():
-        ratio = at_most = np.full(len(ratio), np.nan)
-    ratio[np.isnan(threshold)] = at_most[np.isnan(threshold)] = np.nan
+        ratio = np.where(never, 0.0, x_base / x_method)
+        at_most = np.where(never, x_base / x[-1], ratio)
+    undefined = np.isnan(threshold) | ~(x > 0).any()        # no point after x = 0 on a side
+    ratio[undefined] = at_most[undefined] = np.nan
     return {"threshold": threshold, "x_base": x_base, "x_method": x_method, "speedup": ratio,
             "at_most": at_most}
 
