@@ -1,7 +1,7 @@
 """A prepared GPU check: the CUDA paths of the kit run once, in one short call, on one GPU.
 
 1. train: the tiny default is trained on the device for a few dozen steps through
-   `podslib.trainer.train` (GRPO 4/4 and PODS 16/4, hf engine); loss, gradient norm and
+   `podslib.training.trainer.train` (GRPO 4/4 and PODS 16/4, hf engine); loss, gradient norm and
    accuracies must be finite and the run folder complete (config.yaml, metrics.jsonl,
    eval.jsonl, a checkpoint, summary.json).
 2. bench: a randomly initialised model with Qwen2.5-3B's architecture (no weights downloaded),
@@ -16,7 +16,7 @@
 
 Inside the bench, no tokenizer is available (nothing can be downloaded), so prompts are random
 token ids written as text ("17 4093 ...") and `IdTokenizer` reads them back: the hf engine and
-the trainer's phases (`podslib.step`, `podslib.batch`, `podslib.update`) run unchanged on them.
+the trainer's phases (`podslib.training.step`, `podslib.training.batch`, `podslib.training.update`) run unchanged on them.
 A random model seldom samples EOS early, but may, so the bench model has no EOS at all (no
 eos_token_id in its config or generation config, none in the tokenizer): every rollout runs to
 the token limit, and the JSON records that it did. Rewards are random floats (a random model
@@ -171,10 +171,10 @@ def check_run(run_dir: Path, steps: int) -> list[str]:
 
 
 def train_one(name: str, n: int, m: int, args, sizes: Sizes, report: Report) -> dict:
-    """One tiny run through podslib.trainer.train; returns its record."""
+    """One tiny run through podslib.training.trainer.train; returns its record."""
     from podslib.config import Config
-    from podslib.sft import policy_path
-    from podslib.trainer import train
+    from podslib.training.trainer import train
+    from podslib.training.warmstart import policy_path
 
     extra = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     cfg = Config(device=args.device, n=n, m=m, experiment="gpu_check", run_name=name,
@@ -244,11 +244,11 @@ def qwen_config(spec: dict):
 
 def build_policy(spec: dict, lora_r: int, device: str):
     """Random bf16 weights built directly on `device` (seeded), wrapped in LoRA r = alpha =
-    lora_r on all projections as in podslib.models.load_policy. Returns (policy, counts)."""
+    lora_r on all projections as in podslib.models.loading.load_policy. Returns (policy, counts)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from podslib.models import LoraSettings
+    from podslib.models.loading import LoraSettings
 
     lora = LoraSettings(r=lora_r, alpha=lora_r)
     torch.manual_seed(0)
@@ -284,7 +284,7 @@ class Phases:
     so it counts what the phase holds and allocates) of the phases of one step."""
 
     def __init__(self, device: str):
-        from podslib.step import PhaseTimer
+        from podslib.training.step import PhaseTimer
 
         self.timer = PhaseTimer(device)
         self.cuda = device.startswith("cuda")
@@ -302,10 +302,10 @@ class Phases:
 def bench_step(bench: dict, cfg, step: int) -> dict:
     """One step: generate n rollouts of one random prompt, select m with random rewards, update.
     Returns seconds and peak memory per phase, and the update's statistics."""
-    from podslib.batch import build_batch
     from podslib.seeding import derive_seed
-    from podslib.step import generate, select_rollouts
-    from podslib.update import update
+    from podslib.training.batch import build_batch
+    from podslib.training.step import generate, select_rollouts
+    from podslib.training.update import update
 
     tok, sizes = bench["tokenizer"], bench["sizes"]
     gen = torch.Generator().manual_seed(derive_seed("gpu_check", "prompt", step))
@@ -357,7 +357,7 @@ def ratios(settings: dict) -> dict | None:
 def bench_setup(args, sizes: Sizes, report: Report) -> dict:
     """The model, engine, optimizer and scheduler shared by both settings."""
     from podslib.rollout import make_engine
-    from podslib.update import make_optimizer, make_scheduler
+    from podslib.training.update import optimizer_and_scheduler
 
     start = time.perf_counter()
     policy, counts = build_policy(sizes.model, sizes.lora_r, args.device)
@@ -366,7 +366,7 @@ def bench_setup(args, sizes: Sizes, report: Report) -> dict:
     build_s = time.perf_counter() - start
     tok = IdTokenizer(sizes.model["pad_token_id"])
     cfg = bench_config(sizes, *sizes.settings["grpo"], args.device, args.micro_batch_size)
-    optimizer = make_optimizer(cfg, policy)
+    optimizer, scheduler = optimizer_and_scheduler(cfg, policy)
     report.data["bench"]["model"] = {
         **sizes.model, **counts, "build_s": build_s,
         "dtype": "bfloat16", "lora_r": sizes.lora_r, "lora_alpha": sizes.lora_r,
@@ -377,7 +377,7 @@ def bench_setup(args, sizes: Sizes, report: Report) -> dict:
     report.log(f"bench: {sizes.model['name']} built in {build_s:.1f} s: {count(counts['params'])}"
                f" parameters, {count(counts['trainable'])} trainable (LoRA r={sizes.lora_r})")
     return {"policy": policy, "tokenizer": tok, "sizes": sizes, "optimizer": optimizer,
-            "scheduler": make_scheduler(cfg, optimizer),
+            "scheduler": scheduler,
             "engine": make_engine("hf", policy=policy, tokenizer=tok, device=args.device)}
 
 

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 
 from podslib.config import Config
-from podslib.sft import policy_path, tiny_base
+from podslib.training.warmstart import policy_path, tiny_base
 
 cfg = Config()                               # the tiny default, warm-start included
 for src in (tiny_base(cfg.tiny, cfg.cache_dir), Path(policy_path(cfg))):

@@ -48,23 +48,22 @@ def measure(n: int, m: int, micro_batch_size: int, cache_dir: str) -> dict:
     """One step up to the update, then the update's peak RSS above its starting RSS (MiB)."""
     import torch
 
-    from podslib.batch import build_batch
     from podslib.config import Config
-    from podslib.data import load_examples
-    from podslib.models import load_policy
+    from podslib.models.loading import load_policy
     from podslib.rollout import make_engine
-    from podslib.sft import tiny_base
-    from podslib.step import generate, score, select_rollouts
-    from podslib.tasks import render_prompt
-    from podslib.update import make_optimizer, make_scheduler, update
+    from podslib.tasks.templates import render_prompt
+    from podslib.training.batch import build_batch
+    from podslib.training.data import load_examples
+    from podslib.training.step import generate, score, select_rollouts
+    from podslib.training.update import optimizer_and_scheduler, update
+    from podslib.training.warmstart import tiny_base
 
     cfg = Config(tiny=MODEL, n=n, m=m, micro_batch_size=micro_batch_size,
                  prompts_per_step=PROMPTS, max_completion_tokens=COMPLETION_TOKENS,
                  cache_dir=cache_dir, reward_weights={"correctness": 1.0, "format": 1.0})
     policy, tokenizer = load_policy(tiny_base(cfg.tiny, cache_dir))
     engine = make_engine("hf", policy=policy, tokenizer=tokenizer)
-    optimizer = make_optimizer(cfg, policy)
-    scheduler = make_scheduler(cfg, optimizer)
+    optimizer, scheduler = optimizer_and_scheduler(cfg, policy)
     examples = load_examples(cfg, "train")[:PROMPTS]
     prompts = [render_prompt(e, "tiny", tokenizer) for e in examples]
     groups = generate(engine, prompts, cfg, seeds=list(range(PROMPTS)))

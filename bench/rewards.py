@@ -5,14 +5,8 @@ import random
 import time
 from pathlib import Path
 
-from podslib.rewards import (
-    REWARD_TERMS,
-    extract_answer,
-    grade_math,
-    is_correct,
-    score_batch,
-    start_math_pool,
-)
+from podslib.tasks.grading import extract_answer, grade_math, is_correct, start_math_pool
+from podslib.tasks.rewards import REWARD_TERMS, score_batch
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ADVERSARIAL = [

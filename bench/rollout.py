@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--seeded", action="store_true", help="pass one seed per prompt")
     args = parser.parse_args()
 
-    from podslib.models import make_tiny_model
+    from podslib.models.tiny import make_tiny_model
     from podslib.rollout import SamplingParams
 
     sampling = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)

@@ -1,7 +1,7 @@
 """Selection benchmark: batched O(n log n) max-variance vs the official per-group loop vs brute force.
 
 Run: `make bench` (or `.venv/bin/python bench/selection.py`). Prints medians over REPEATS runs of
-    batched   podslib.selection.select on [G, n] -> m in one call
+    batched   podslib.core.selection.select on [G, n] -> m in one call
     loop      per group: sort, then recompute `.var()` for each of the m + 1 candidates k (the
               official PODS code's method), in a Python loop over groups
     brute     all C(n, m) subsets per group at small n (per group)
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from podslib.selection import select
+from podslib.core.selection import select
 
 REPEATS = 7
 G, N, M = 1024, 64, 16

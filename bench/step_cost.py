@@ -69,8 +69,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "results" / "bench"))
     args = parser.parse_args()
     from podslib.config import Config
-    from podslib.notebook import kernel_environment
-    from podslib.pipeline import prepare_models
+    from podslib.lab.notebook import kernel_environment
+    from podslib.lab.pipeline import prepare_models
 
     kernel_environment()
     prepare_models([Config()])                       # the warm-start, built once, all cores

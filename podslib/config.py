@@ -18,10 +18,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import importlib
 import math
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -29,26 +29,37 @@ from typing import Any
 
 import yaml
 
+from podslib.core.advantages import SCALES
+from podslib.core.loss import AGGREGATIONS, IS_CORRECTIONS
+from podslib.core.selection import FILTERS, RULES
+from podslib.files import atomic_write
+from podslib.models.loading import DTYPES, LORA_TARGETS
+from podslib.registry import Registry
+from podslib.rollout import ENGINES
+from podslib.tasks.datasets import TASKS
+from podslib.tasks.rewards import REWARD_TERMS
+from podslib.tasks.templates import TEMPLATES
+from podslib.training.optim import OPTIMIZERS, SCHEDULES
+from podslib.training.tracking import check_report_to
+
 # Patterns of string fields: (regex matched in full, what it means).
 FOLDER = (r"[^/]+", "a folder name (non-empty, no '/')")
 FOLDER_OR_EMPTY = (r"[^/]*", "a folder name without '/' (or empty)")
 NON_EMPTY = (r".+", "a non-empty string")
-# Every attention and MLP projection of a Llama / Qwen2 block (the paper's LoRA targets).
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def option(default: Any, help: str, *, choices: str | tuple | None = None,
+def option(default: Any, help: str, *, choices: Registry | dict | tuple | None = None,
            low: float | None = None, high: float | None = None, low_open: bool = False,
            high_open: bool = False, pattern: tuple[str, str] | None = None,
-           check: str | None = None, resume_safe: bool = False) -> Any:
+           check: Callable[[Any], None] | None = None, resume_safe: bool = False) -> Any:
     """A dataclass field with its help and what it accepts.
 
-    choices: a tuple of values, or 'module.NAME' naming a podslib registry (imported when a value
-    is checked, so a rule registered later is accepted). low / high: numeric bounds (closed
-    unless *_open). pattern: (regex a string must match in full, what that means in words).
-    check: 'module.function' of podslib that raises ValueError for a bad value (for values no
-    registry or range describes). resume_safe: may differ when a run is resumed (budgets and
-    cadence change when a run stops, never what a step computes).
+    choices: a tuple of values, or the registry of the module that implements them (asked when
+    a value is checked, so a rule registered later is accepted). low / high: numeric bounds
+    (closed unless *_open). pattern: (regex a string must match in full, what that means in
+    words). check: a function raising ValueError for a bad value (for values no registry or
+    range describes). resume_safe: may differ when a run is resumed (budgets and cadence change
+    when a run stops, never what a step computes).
     """
     meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open,
             "high_open": high_open, "pattern": pattern, "check": check,
@@ -105,7 +116,7 @@ def check_field(name: str, value: Any, hint: Any, meta: dict) -> None:
     if all(errors):
         raise ValueError(f"{name} must be {' or '.join(errors)}; got {value!r}")
     if meta.get("check"):
-        _registry(meta["check"])(value)
+        meta["check"](value)
     if meta.get("choices") is not None:
         _check_choice(name, value, meta["choices"])
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -137,13 +148,7 @@ def _type_error(name: str, value: Any, hint: Any) -> str:
     return "" if isinstance(value, hint) else f"a mapping of {hint.__name__} fields"
 
 
-def _registry(path: str):
-    module, _, attr = path.rpartition(".")
-    return getattr(importlib.import_module(f"podslib.{module}"), attr)
-
-
-def _check_choice(name: str, value: Any, choices: str | tuple) -> None:
-    allowed = _registry(choices) if isinstance(choices, str) else choices
+def _check_choice(name: str, value: Any, allowed: Registry | dict | tuple) -> None:
     for item in (value if isinstance(value, dict) else [value]):   # a mapping: its keys
         if item not in allowed:
             what = f"{name} keys" if isinstance(value, dict) else name
@@ -226,7 +231,7 @@ class Config:
                         "else an HF id or folder.", pattern=NON_EMPTY)
     tiny: TinySettings = option(TinySettings(), "Settings of the embedded default (model 'tiny'): "
                                 "model size, arith difficulty, warm-start.")
-    dtype: str = option("float32", "Weights dtype.", choices="models.DTYPES")
+    dtype: str = option("float32", "Weights dtype.", choices=DTYPES)
     device: str = option("cpu", "Torch device: 'cpu', 'cuda' (under torchrun: cuda:<local rank>).",
                          pattern=NON_EMPTY)
     trust_remote_code: bool = option(False, "Pass trust_remote_code to transformers.")
@@ -238,13 +243,13 @@ class Config:
 
     # --- task and prompts --------------------------------------------------------------------
     task: str = option("arith", "Task: 'arith' (synthetic), 'gsm8k', 'math' (train) / 'math500' "
-                       "(test), or a registered one.", choices="tasks.TASKS")
+                       "(test), or a registered one.", choices=TASKS)
     train_source: str | None = option(None, "Train data: local JSONL file/folder or hub id; "
                                       "None = the task's default.")
     test_source: str | None = option(None, "Test data: local JSONL file/folder or hub id; "
                                      "None = the task's default.")
     template: str = option("tiny", "Prompt template: 'tiny', 'pods' (<think>/<answer>), 'gsm8k'.",
-                           choices="tasks.TEMPLATES")
+                           choices=TEMPLATES)
     max_prompt_tokens: int | None = option(512, "Drop prompts longer than this; None = keep all.",
                                            low=1)
     max_completion_tokens: int = option(48, "Most tokens per sampled completion (training and "
@@ -257,7 +262,7 @@ class Config:
     # --- rollouts and down-sampling ----------------------------------------------------------
     engine: str = option("vllm", "Rollout engine: 'vllm' (the lower PODS/GRPO step-cost ratio on "
                          "the tiny default: results/bench/step_cost.md), 'hf' (transformers) or "
-                         "'auto'.", choices="rollout.ENGINES")
+                         "'auto'.", choices=ENGINES)
     gpu_memory_utilization: float = option(0.05, "vLLM: fraction of GPU memory (on CPU: of RAM) "
                                            "for the engine; a real model on a GPU needs more "
                                            "(the paper's configs: 0.3).", low=0, high=1,
@@ -265,9 +270,9 @@ class Config:
     n: int = option(16, "Rollouts generated per prompt.", low=1)
     m: int = option(4, "Rollouts kept per prompt for the update (m == n: vanilla GRPO).", low=1)
     rule: str = option("max_variance", "Down-sampling rule: 'max_variance' (PODS), 'max_reward', "
-                       "'random', or a registered one.", choices="selection.RULES")
+                       "'random', or a registered one.", choices=RULES)
     group_filter: str = option("none", "'zero_variance' drops groups whose n rewards are all "
-                               "equal (DAPO).", choices="selection.FILTERS")
+                               "equal (DAPO).", choices=FILTERS)
     adv_over: str = option("selected", "Advantage statistics over the 'selected' m (paper) or "
                            "'all' n.", choices=("selected", "all"))
     prompts_per_step: int = option(8, "Prompts per optimizer step (global, over all ranks).", low=1)
@@ -290,27 +295,27 @@ class Config:
     mu: int = option(1, "Optimizer steps per generation batch (GRPO iterations; 1 = ratio is 1).",
                      low=1)
     aggregation: str = option("grpo", "Token aggregation: 'grpo', 'bnpo', 'dapo', 'dr_grpo'.",
-                              choices="loss.AGGREGATIONS")
+                              choices=AGGREGATIONS)
     scale_rewards: str = option("group", "Advantage scaling: 'group' std, 'batch' std or 'none'.",
-                                choices="advantages.SCALES")
+                                choices=SCALES)
     entropy_coef: float = option(0.0, "Entropy bonus: this times the token entropy is subtracted "
                                  "from the loss (0 = off; the entropy is logged either way).")
     is_correction: str = option("none", "Importance correction for the sampler/trainer mismatch: "
                                 "'tis' (truncated per token), 'mis' (sequence masking) or "
-                                "'none'.", choices="loss.IS_CORRECTIONS")
+                                "'none'.", choices=IS_CORRECTIONS)
     is_cap: float = option(2.0, "Importance correction: tis truncates ratios at this; mis keeps "
                            "sequences whose geometric-mean ratio lies in [1/is_cap, is_cap].",
                            low=1)
     reward_weights: dict[str, float] = option({"correctness": 1.0}, "Reward terms and weights "
                                               "(correctness, format, tags, strict_format).",
-                                              choices="rewards.REWARD_TERMS")
+                                              choices=REWARD_TERMS)
 
     # --- optimisation ------------------------------------------------------------------------
     optimizer: str = option("adamw", "'adamw' (torch) or 'adamw_8bit' (bitsandbytes, GPU only).",
-                            choices="update.OPTIMIZERS")
+                            choices=OPTIMIZERS)
     lr: float = option(1e-4, "Peak learning rate.", low=0, low_open=True)
     lr_schedule: str = option("constant", "'constant' or 'cosine' (to 0 at max_steps), after "
-                              "linear warmup.", choices="update.SCHEDULES")
+                              "linear warmup.", choices=SCHEDULES)
     warmup_ratio: float = option(0.0, "Fraction of the optimizer steps spent in linear warmup.",
                                  low=0, high=1, high_open=True)
     weight_decay: float = option(0.0, "AdamW weight decay.", low=0)
@@ -347,7 +352,7 @@ class Config:
                                   low=0)
     report_to: str | list[str] = option("none", "Experiment trackers: 'none', 'tensorboard', "
                                         "'wandb', 'mlflow' or a list (all offline, in the run "
-                                        "folder).", check="tracking.check_report_to",
+                                        "folder).", check=check_report_to,
                                         resume_safe=True)
 
     # --- where things go ---------------------------------------------------------------------
@@ -417,8 +422,6 @@ class Config:
 
     def to_yaml(self, path: str | Path) -> None:
         """Write the config as YAML (atomically)."""
-        from .files import atomic_write
-
         atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def replace(self, **changes: Any) -> Config:
@@ -434,9 +437,7 @@ class Config:
 
     @property
     def run_id(self) -> str:
-        """The run folder name: run_name, or '<method>-s<seed>' (see `rundir.run_id`)."""
-        from .rundir import run_id
-
+        """The run folder name: run_name, or '<method>-s<seed>' (see `run_id`)."""
         return self.run_name or run_id(self.method, self.seed)
 
     @property
@@ -449,6 +450,11 @@ class Config:
         mine, theirs = self.to_dict(), other.to_dict()
         skip = RESUME_SAFE_FIELDS if ignore_resume_safe else ()
         return [k for k in mine if k not in skip and mine[k] != theirs[k]]
+
+
+def run_id(name: str, seed: int) -> str:
+    """The run folder name of `name` (a grid variant or a config's method) with `seed`."""
+    return f"{name}-s{seed}"
 
 
 RESUME_SAFE_FIELDS = tuple(f.name for f in fields(Config) if f.metadata["resume_safe"])

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The repository root: configs/, notebooks/, data/ and results/ sit beside the package.
+REPO = Path(__file__).resolve().parents[1]
+
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
     """Write `data` to `path` atomically (tmp file + rename); returns the path."""

@@ -29,17 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import Config, load_yaml
-from .files import atomic_folder, atomic_write, read_jsonl, write_json
+from podslib.config import Config, load_yaml
+from podslib.files import atomic_folder, atomic_write, read_jsonl, write_json
 
 KEEP_CHECKPOINTS = 2
 EMPTY_LOCK_S = 10.0     # a lock file naming no owner for this long is stale
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
-
-
-def run_id(name: str, seed: int) -> str:
-    """The run folder name of `name` (a grid variant or a config's method) with `seed`."""
-    return f"{name}-s{seed}"
 
 
 def is_complete(run_dir: str | Path) -> bool:

@@ -1,10 +1,10 @@
-"""Specification of podslib.advantages.group_advantages: hand-derived values for every scale,
+"""Specification of podslib.core.advantages.group_advantages: hand-derived values for every scale,
 one-element and all-equal groups, bad input."""
 
 import pytest
 import torch
 
-from podslib.advantages import group_advantages
+from podslib.core.advantages import group_advantages
 
 REWARDS = torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 4.0, 6.0, 8.0]])
 

@@ -18,12 +18,14 @@ import pytest
 import torch
 import yaml
 
-from podslib import notebook, pipeline, rundir
-from podslib.cli import main
+from podslib import rundir
 from podslib.config import Config
-from podslib.rewards import extract_answer, is_correct, score_batch
-from podslib.selection import select
-from podslib.trainer import train
+from podslib.core.selection import select
+from podslib.lab import notebook, pipeline
+from podslib.lab.cli import main
+from podslib.tasks.grading import extract_answer, is_correct
+from podslib.tasks.rewards import score_batch
+from podslib.training.trainer import train
 
 # Subprocesses import this checkout's podslib.
 SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -347,7 +349,7 @@ def test_empty_data_file_fails_before_any_model_loads(tmp_path, capsys, monkeypa
     config.write_text(yaml.safe_dump({
         **TINY_BASE, "tiny": {**TINY_BASE["tiny"]}, "task": "gsm8k", "template": "gsm8k",
         "train_source": str(data / "train.jsonl"), "test_source": str(data / "test.jsonl")}))
-    monkeypatch.setattr("podslib.trainer.build_model", lambda *a: pytest.fail("model loaded"))
+    monkeypatch.setattr("podslib.training.trainer.build_model", lambda *a: pytest.fail("model loaded"))
     before = snapshot(tmp_path)
     assert main(["train", str(config), str(tmp_path / "run"), "--no-progress"]) == 2
     assert capsys.readouterr().err.splitlines() == [
@@ -473,11 +475,11 @@ def test_scientific_notation_in_a_grid_file_is_a_number(tmp_path, capsys):
                                 "2: expected the node content, but found '<stream end>'")),
 ])
 def test_trainer_command_line_errors_are_one_line(tmp_path, args, line):
-    """Item 11: `python -m podslib.trainer CONFIG RUN nn=3` and the like printed 19-line
+    """Item 11: `python -m podslib train CONFIG RUN nn=3` and the like printed 19-line
     tracebacks. One line, exit 2, no run folder."""
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"n": 4, "m": 2}))
     before = snapshot(tmp_path)
-    out = command([sys.executable, "-m", "podslib.trainer", *args], cwd=tmp_path)
+    out = command([sys.executable, "-m", "podslib", "train", *args], cwd=tmp_path)
     assert (out.returncode, out.stderr.splitlines()) == (2, [f"pods train: error: {line}"])
     assert "Traceback" not in out.stderr + out.stdout
     assert snapshot(tmp_path) == before

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from test_lab import get, jupyterlab
 
-from podslib import pipeline
+from podslib.lab import pipeline
 
 # Tiny budgets: untrained tiny model, 3 s of training clock (the bar's time budget).
 GRID_BASE = {"engine": "hf", "max_steps": 0, "max_train_seconds": 3, "train_size": 50,

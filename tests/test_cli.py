@@ -10,9 +10,10 @@ import sys
 import pytest
 import yaml
 
-from podslib import pipeline, rundir
-from podslib.cli import main
+from podslib import rundir
 from podslib.config import Config
+from podslib.lab import pipeline
+from podslib.lab.cli import main
 
 CONFIG_FILES = sorted(pipeline.CONFIGS.glob("*.yaml"))
 TINY_BASE = {"engine": "hf", "max_steps": 2, "max_train_seconds": 0, "train_size": 50,

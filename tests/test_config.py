@@ -112,7 +112,7 @@ def test_nested_tiny_settings_merge_key_by_key(tmp_path):
 
 def test_a_rule_registered_anywhere_is_accepted():
     """Config asks the registry, so registering a rule is all it takes (and it is checked)."""
-    from podslib.selection import RULES
+    from podslib.core.selection import RULES
 
     with pytest.raises(ValueError, match="rule must be one of"):
         Config(rule="test_lowest")

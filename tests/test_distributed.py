@@ -14,9 +14,9 @@ import pytest
 import torch
 from test_trainer import easy
 
-from podslib import distributed as D
 from podslib import rundir
 from podslib.rollout import vllm_available
+from podslib.training import distributed as D
 
 ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
                 "tokens_trained", "accuracy_all")
@@ -45,9 +45,9 @@ def launcher(name: str, ranks: int) -> list[str]:
 
 
 def train(config: Path, run_dir: Path, ranks: int, *extra: str, via: str = "torchrun") -> None:
-    """python -m podslib.trainer CONFIG RUN_DIR [key=value ...] in 1 process or `ranks` ranks
+    """python -m podslib train CONFIG RUN_DIR [key=value ...] in 1 process or `ranks` ranks
     started by `via` ('torchrun' or 'accelerate')."""
-    run([*launcher(via, ranks), "-m", "podslib.trainer", str(config), str(run_dir), *extra,
+    run([*launcher(via, ranks), "-m", "podslib", "train", str(config), str(run_dir), *extra,
          "--no-progress"], config.parent)
 
 
@@ -151,7 +151,7 @@ def test_teardown_stops_the_gloo_threads(tmp_path):
 def test_exit_process_runs_atexit_handlers_and_flushes_output(tmp_path):
     """What a rank prints, and what its atexit handlers (e.g. the MATH grading pool's close) do,
     survive the exit without interpreter finalization; the exit code is the one given."""
-    code = ("import atexit, sys; from podslib.distributed import exit_process; "
+    code = ("import atexit, sys; from podslib.training.distributed import exit_process; "
             "atexit.register(lambda: print('closed', file=sys.stderr)); "
             "print('summary', end=''); exit_process(3)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -284,7 +284,7 @@ def test_vllm_engine_in_a_process_group_leaves_the_group_to_its_owner(tmp_path):
     (vLLM's CPU platform sets 1). A second engine then starts in the same group and generates the
     same tokens; left open over the ranks' teardown, it is shut down at exit without an error."""
     require_vllm()
-    from podslib.models import make_tiny_model
+    from podslib.models.tiny import make_tiny_model
 
     model = make_tiny_model(tmp_path / "model")   # head_dim 32: vLLM's CPU attention needs >= 32
     script = tmp_path / "probe.py"

@@ -1,11 +1,11 @@
-"""podslib.evaluate: accuracy = mean correctness over problems x repeats, against a scripted
+"""podslib.training.evaluate: accuracy = mean correctness over problems x repeats, against a scripted
 engine whose answers are known; greedy uses one completion; bad arguments are named."""
 
 import pytest
 
-from podslib.evaluate import evaluate
 from podslib.rollout import Completion, Group
-from podslib.tasks import Example
+from podslib.tasks.datasets import Example
+from podslib.training.evaluate import evaluate
 
 
 class ScriptedEngine:

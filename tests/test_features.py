@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_trainer import easy
 
-from podslib import batch as B
 from podslib import rundir
-from podslib import trainer as T
-from podslib.loss import grpo_loss, importance_weights
+from podslib.core.loss import grpo_loss, importance_weights
+from podslib.training import batch as B
+from podslib.training import trainer as T
 
 
 def metrics(run):

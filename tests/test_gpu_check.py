@@ -179,7 +179,7 @@ def test_single_process_cuda_device_gets_an_index(monkeypatch):
     it 'cuda:0' in one process (checked here through torch's own index rule, no GPU needed)."""
     from torch.cuda._utils import _get_device_index
 
-    from podslib import distributed as D
+    from podslib.training import distributed as D
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

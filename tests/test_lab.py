@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from podslib import pipeline
+from podslib.lab import pipeline
 
 NOTEBOOKS = {"01_rollouts.ipynb", "02_downsampling.ipynb", "03_train.ipynb", "04_plots.ipynb",
              "05_paper.ipynb"}

@@ -1,4 +1,4 @@
-"""Specification of podslib.loss.grpo_loss: hand-derived values for every aggregation, clip side
+"""Specification of podslib.core.loss.grpo_loss: hand-derived values for every aggregation, clip side
 and beta; gradients (hand values and gradcheck); padding; micro-batch sums; bad input."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from podslib.loss import grpo_loss
+from podslib.core.loss import grpo_loss
 
 LN2 = math.log(2.0)
 

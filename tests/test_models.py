@@ -1,16 +1,11 @@
-"""podslib.models: the tiny model factory, policy / reference loading, LoRA merging."""
+"""podslib.models.loading: the tiny model factory, policy / reference loading, LoRA merging."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from podslib.models import (
-    LoraSettings,
-    load_policy,
-    load_reference,
-    make_tiny_model,
-    merged_state_dict,
-)
+from podslib.models.loading import LoraSettings, load_policy, load_reference, merged_state_dict
+from podslib.models.tiny import make_tiny_model
 
 TEXT = "Q:46+75-28+65\nA:46+75=121\n121-28=93\n93+65=158\n#### 158 (ok) ~`|{}"
 

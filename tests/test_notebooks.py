@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import notebook, pipeline, rundir
+from podslib import rundir
+from podslib.config import run_id
+from podslib.lab import notebook, pipeline
 
 NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots", "05_paper"]
 
@@ -110,7 +112,7 @@ def test_train_notebook(tmp_path, tiny_grid):
 
 def write_run(exp_dir, variant, seed, n, m, evals, step_s):
     """A synthetic run folder: config.yaml, eval.jsonl [(t, acc)], metrics.jsonl, summary.json."""
-    run = exp_dir / rundir.run_id(variant, seed)
+    run = exp_dir / run_id(variant, seed)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"experiment": exp_dir.name, "seed": seed, "n": n, "m": m, "rule": "max_variance"}))
@@ -136,7 +138,7 @@ def test_plots_notebook_through_pods_report(tmp_path, capsys):
         write_run(exp, "pods", seed, 16, 4, [(0, .2), (10, .8), (20, .8), (30, .8)], 2.0)
     write_run(exp, "pods", 2, 16, 4, [(0, .2)], 2.0)
     (exp / "pods-s2" / "summary.json").unlink()
-    from podslib.cli import main
+    from podslib.lab.cli import main
 
     assert main(["report", "synth", "--results-root", str(tmp_path), "--no-progress"]) == 0
     table = pd.read_csv(exp / "summary.csv").set_index("variant")

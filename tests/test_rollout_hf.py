@@ -5,7 +5,8 @@ import torch
 from engine_checks import assert_sampling_logprobs, sft
 
 from podslib import rollout
-from podslib.models import LoraSettings, load_policy, make_tiny_model, merged_state_dict
+from podslib.models.loading import LoraSettings, load_policy, merged_state_dict
+from podslib.models.tiny import make_tiny_model
 from podslib.rollout import Completion, Group, SamplingParams, make_engine
 
 PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"]

@@ -14,7 +14,8 @@ import pytest
 import torch
 from engine_checks import assert_sampling_logprobs, sft
 
-from podslib.models import LoraSettings, load_policy, make_tiny_model
+from podslib.models.loading import LoraSettings, load_policy
+from podslib.models.tiny import make_tiny_model
 from podslib.rollout import SamplingParams, make_engine, vllm_available
 
 if not vllm_available():

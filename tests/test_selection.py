@@ -1,4 +1,4 @@
-"""Specification of podslib.selection: brute-force oracles for max_variance, exact tie rule,
+"""Specification of podslib.core.selection: brute-force oracles for max_variance, exact tie rule,
 batching, the random rule's reproducibility and uniformity, the group filter, bad input."""
 
 import importlib.util
@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from podslib.selection import RULES, TIE_RTOL, filter_groups, select, subset_variance
+from podslib.core.selection import RULES, TIE_RTOL, filter_groups, select, subset_variance
 
 PROPERTY = settings(
     max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]

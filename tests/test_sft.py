@@ -1,12 +1,12 @@
-"""podslib.sft: the warm-start stops at the first accuracy check that reaches the target, runs
+"""podslib.training.warmstart: the warm-start stops at the first accuracy check that reaches the target, runs
 every step without a target, records its checks, and is cached by its settings."""
 
 import json
 
 import pytest
 
-from podslib import sft
 from podslib.config import Config, TinySettings
+from podslib.training import warmstart
 
 SMALL = {"hidden": 32, "layers": 2, "heads": 2, "steps_min": 1, "steps_max": 1,
          "operand_min": 0, "operand_max": 19, "warm_start_steps": 12, "warm_start_batch_size": 4,
@@ -14,7 +14,7 @@ SMALL = {"hidden": 32, "layers": 2, "heads": 2, "steps_min": 1, "steps_max": 1,
 
 
 def warm_start(cache, **overrides):
-    return sft.warm_start(TinySettings(**{**SMALL, **overrides}), "tiny", cache)
+    return warmstart.warm_start(TinySettings(**{**SMALL, **overrides}), "tiny", cache)
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def scripted(monkeypatch):
         calls.append(len(examples))
         return [0.1, 0.2, 0.35, 0.5][len(calls) - 1]
 
-    monkeypatch.setattr(sft, "sampled_accuracy", fake)
+    monkeypatch.setattr(warmstart, "sampled_accuracy", fake)
     return calls
 
 

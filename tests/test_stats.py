@@ -1,4 +1,4 @@
-"""podslib.stats: seed curves, the paper's speedup (hand-derived values), the bootstrap against
+"""podslib.analysis.stats: seed curves, the paper's speedup (hand-derived values), the bootstrap against
 a brute-force loop, paired vs unpaired resampling, verdicts, interval coverage on synthetic
 studies with a known speedup, and the cost-regime prediction with a known answer."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from podslib import stats as S
+from podslib.analysis import stats as S
 
 
 def frame(seed, x, y, variant="v"):

@@ -6,9 +6,10 @@ import re
 
 import pytest
 
-from podslib import tasks
-from podslib.models import char_tokenizer
-from podslib.tasks import Example, build_prompts, load_task, make_arith, render_prompt
+from podslib.models.tiny import char_tokenizer
+from podslib.tasks import datasets
+from podslib.tasks.datasets import Example, load_task, make_arith
+from podslib.tasks.templates import build_prompts, render_prompt
 
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul}
 
@@ -156,11 +157,11 @@ def test_missing_file_and_bad_names(tmp_path):
 def test_hub_id_without_network_says_so(monkeypatch):
     def offline(hub_id, config, split):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
-    monkeypatch.setattr(tasks, "_load_hub_rows", offline)
+    monkeypatch.setattr(datasets, "_load_hub_rows", offline)
     with pytest.raises(ValueError, match="no network.*local JSONL") as err:
         load_task("gsm8k", "test")          # default source: openai/gsm8k
     assert "openai/gsm8k" in str(err.value)
-    with pytest.raises(tasks.SourceUnavailableError, match="HuggingFaceH4/MATH-500"):
+    with pytest.raises(datasets.SourceUnavailableError, match="HuggingFaceH4/MATH-500"):
         load_task("math500", "test", "HuggingFaceH4/MATH-500")
 
 
@@ -171,7 +172,7 @@ def test_hub_subsets_are_concatenated(monkeypatch):
     def fake(hub_id, config, split):
         calls.append(config)
         return [{"problem": f"{config}?", "solution": f"so $\\boxed{{{len(calls)}}}$"}]
-    monkeypatch.setattr(tasks, "_load_hub_rows", fake)
+    monkeypatch.setattr(datasets, "_load_hub_rows", fake)
     rows = load_task("math", "train")
     assert len(calls) == 7 and [r.gold for r in rows] == [str(i) for i in range(1, 8)]
 

@@ -1,4 +1,4 @@
-"""podslib.tracking: each backend's files read back with the backend's own reader; report_to
+"""podslib.training.tracking: each backend's files read back with the backend's own reader; report_to
 validation; no network use (the tracking extra is needed, see `need`)."""
 import json
 import os
@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from podslib.tracking import BACKENDS, check_report_to, flat_config, make_tracker, markdown_table
+from podslib.training.tracking import (
+    BACKENDS,
+    check_report_to,
+    flat_config,
+    make_tracker,
+    markdown_table,
+)
 
 pytestmark = [
     # third-party deprecations inside MLflow's SQLite store and log_table, not ours to fix
@@ -397,7 +403,7 @@ def connect(sock, address):
     return blocked(address) if remote else real_connect(sock, address)
 
 socket.getaddrinfo, socket.socket.connect = getaddrinfo, connect
-from podslib.tracking import make_tracker
+from podslib.training.tracking import make_tracker
 with make_tracker(["tensorboard", "wandb", "mlflow"], sys.argv[1], "run-a", {"lr": 1e-5}) as t:
     t.log_metrics({"loss": 1.0}, 1)
     t.log_eval({"accuracy": 0.5}, 1)

@@ -1,4 +1,4 @@
-"""podslib.trainer: the phases of a step against brute-force oracles, config errors before any
+"""podslib.training.trainer: the phases of a step against brute-force oracles, config errors before any
 model load, and a short end-to-end PODS run on the tiny model (hf engine, CPU)."""
 
 import json
@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from podslib import batch as B
 from podslib import rundir
-from podslib import step as S
-from podslib import trainer as T
-from podslib.cli import parse_overrides
 from podslib.config import Config, merge, parse_yaml_value
-from podslib.data import prompt_indices
+from podslib.lab.cli import parse_overrides
 from podslib.rollout import Completion, Group
 from podslib.seeding import derive_seed
+from podslib.training import batch as B
+from podslib.training import step as S
+from podslib.training import trainer as T
+from podslib.training.data import prompt_indices
 
 # A small, easy setting that warm-starts in ~30 s: one operation on operands 0..19, a 2-layer
 # hidden-32 model; at most 800 supervised steps, stopped at 30% correct (the default target).
@@ -39,8 +39,8 @@ def easy(cache_dir, **overrides) -> Config:
 @pytest.fixture(scope="module")
 def tiny(cache_dir):
     """(model, tokenizer) of the randomly initialised easy tiny model."""
-    from podslib.models import load_policy
-    from podslib.sft import tiny_base
+    from podslib.models.loading import load_policy
+    from podslib.training.warmstart import tiny_base
 
     return load_policy(tiny_base(easy(cache_dir).tiny, cache_dir))
 
@@ -146,7 +146,7 @@ def test_completion_logprobs_match_unpadded_forward(tiny):
 
 def test_micro_batching_gives_the_full_batch_gradient(tiny, cache_dir):
     """Gradient accumulation over micro-batches of 1 equals one batch of 4 (sum of shares)."""
-    from podslib.loss import grpo_loss
+    from podslib.core.loss import grpo_loss
 
     model, _ = tiny
     model.train()
@@ -174,15 +174,16 @@ def test_micro_batching_gives_the_full_batch_gradient(tiny, cache_dir):
 
 @pytest.fixture
 def no_model_load(monkeypatch):
-    """Any attempt to build or load a model fails the test."""
-    import podslib.models
-    import podslib.sft
+    """Any attempt to build or load a model fails the test (patched where the trainer and the
+    warm-start look them up)."""
+    from podslib.training import warmstart
 
     def boom(*args, **kwargs):
         raise AssertionError("a model was loaded before the config error")
 
-    for module, name in [(podslib.models, "load_policy"), (podslib.models, "make_tiny_model"),
-                         (podslib.sft, "warm_start"), (podslib.sft, "tiny_base")]:
+    for module, name in [(T, "build_model"), (T, "load_policy"), (T, "policy_path"),
+                         (warmstart, "warm_start"), (warmstart, "tiny_base"),
+                         (warmstart, "make_tiny_model"), (warmstart, "load_policy")]:
         monkeypatch.setattr(module, name, boom)
 
 
@@ -223,7 +224,7 @@ def test_short_pods_run_end_to_end(tmp_path, cache_dir):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 9))
     for line in lines:
-        assert set(T.METRIC_KEYS) <= set(line)
+        assert {"step", "wall_s", "train_time_s", *S.METRICS} <= set(line)
         assert line["t_generate"] > 0 and line["t_update"] > 0 and line["t_score"] > 0
         assert line["tokens_trained"] <= line["tokens_generated"]
         assert line["train_time_s"] <= line["wall_s"]
@@ -272,8 +273,8 @@ def test_a_rule_and_a_reward_term_registered_here_train_through_config(tmp_path,
     """One decorated function each, nothing else: Config accepts them (it asks the registries)
     and the trainer uses them. The rule keeps the m lowest rewards, so every selected reward is
     at most the group's median; the term pays 1 per completion, so every reward is >= 1."""
-    from podslib.rewards import term
-    from podslib.selection import rule
+    from podslib.core.selection import rule
+    from podslib.tasks.rewards import term
 
     @rule("test_lowest")
     def _lowest(rewards, m, generator=None):
@@ -299,10 +300,8 @@ def test_variants_of_one_seed_are_evaluated_on_the_same_problems_with_the_same_s
     every evaluation, sample the same test problems with the same per-problem seeds, so their
     step-0 results are equal problem by problem; seed 1 samples the same problems with other
     seeds."""
-    from podslib import evaluate as E
-
     calls: dict[str, list] = {}
-    real = E.evaluate
+    real = T.evaluate
 
     def record(engine, examples, *args, seeds, **kwargs):
         result = real(engine, examples, *args, seeds=seeds, **kwargs)
@@ -310,7 +309,7 @@ def test_variants_of_one_seed_are_evaluated_on_the_same_problems_with_the_same_s
                                           list(result["per_problem"])))
         return result
 
-    monkeypatch.setattr(E, "evaluate", record)
+    monkeypatch.setattr(T, "evaluate", record)
     for run, values in [("grpo-s0", {"n": 4, "m": 4}), ("pods-s0", {"n": 8, "m": 4}),
                         ("grpo-s1", {"n": 4, "m": 4, "seed": 1})]:
         cfg = easy(cache_dir, max_steps=2, eval_every_steps=1, **values)

@@ -20,10 +20,10 @@ NOT_DETERMINISTIC = ("wall_s", "train_time_s", "eval_s")
 
 
 def launch(config: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
-    """python -m podslib.trainer in a fresh process, one thread (the same float reductions in
+    """python -m podslib train in a fresh process, one thread (the same float reductions in
     every process of the test)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "podslib.trainer", str(config), str(run_dir),
+    return subprocess.Popen([sys.executable, "-m", "podslib", "train", str(config), str(run_dir),
                              "--no-progress", *extra], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 

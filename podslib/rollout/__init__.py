@@ -9,8 +9,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..registry import Registry
-from .base import Completion, Engine, Group, SamplingParams
+from podslib.models.loading import load_policy
+from podslib.registry import Registry
+from podslib.rollout.base import Completion, Engine, Group, SamplingParams
 
 __all__ = ["ENGINES", "Completion", "Engine", "Group", "SamplingParams", "make_engine",
            "vllm_available"]
@@ -52,12 +53,11 @@ def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.M
 
 @ENGINES.register("hf")
 def _hf(*, model_path, policy, tokenizer, device, dtype, seed, max_batch_size, **_) -> Engine:
-    from .hf import HFEngine
+    from podslib.rollout.hf import HFEngine
 
     if policy is None:
         if model_path is None:
             raise ValueError("engine 'hf' needs policy (with tokenizer) or model_path; got neither")
-        from ..models import load_policy
 
         policy, tokenizer = load_policy(model_path, dtype=dtype, device=device)
     elif tokenizer is None:
@@ -74,7 +74,7 @@ def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_util
     if model_path is None:
         raise ValueError("engine 'vllm' needs model_path (a folder saved with save_pretrained); "
                          "got None")
-    from .vllm import VLLMEngine
+    from podslib.rollout.vllm import VLLMEngine
 
     engine = VLLMEngine(model_path, tokenizer=tokenizer, device=device, dtype=dtype, seed=seed,
                         gpu_memory_utilization=gpu_memory_utilization,

@@ -21,8 +21,15 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from ..seeding import derive_seed
-from .base import Completion, Engine, Group, SamplingParams, check_generate_args, split_completion
+from podslib.rollout.base import (
+    Completion,
+    Engine,
+    Group,
+    SamplingParams,
+    check_generate_args,
+    split_completion,
+)
+from podslib.seeding import derive_seed
 
 
 class SampledLogprobs(LogitsProcessor):

@@ -37,9 +37,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede `im
 import torch
 from torch import nn
 
-from ..models import merged_state_dict, resolve_model_path
-from ..seeding import derive_seed
-from .base import Completion, Engine, Group, SamplingParams, check_generate_args
+from podslib.models.loading import merged_state_dict, resolve_model_path
+from podslib.rollout.base import Completion, Engine, Group, SamplingParams, check_generate_args
+from podslib.seeding import derive_seed
 
 
 class VLLMEngine(Engine):

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from .registry import Registry
+from podslib.registry import Registry
 
 # name -> fn(centred [G, m], pool [G, n]) -> the std to divide by ([G, 1], a scalar, or None)
 SCALES = Registry("scale_rewards")

@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import results as R
-from .files import atomic_write
+from podslib.analysis import plots
+from podslib.analysis import results as R
+from podslib.files import REPO, atomic_write
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "pods_official"
-OUT = Path(__file__).resolve().parents[1] / "results" / "paper"
+DATA = REPO / "data" / "pods_official"
+OUT = REPO / "results" / "paper"
 
 
 @dataclass(frozen=True)
@@ -207,8 +208,6 @@ def figure(key: str, data_dir: str | Path = DATA, path: str | Path | None = None
            overlay: pd.DataFrame | None = None):
     """The paper figure `key` (a key of FIGURES) from the logs; `overlay`: curves of one's own
     runs (`results.load_runs`) drawn on the same accuracy axis."""
-    from . import plots
-
     if key not in FIGURES:
         raise ValueError(f"figure must be one of {', '.join(FIGURES)}; got {key!r}")
     study, title, names = FIGURES[key]
@@ -286,8 +285,6 @@ def regime_figure(table: pd.DataFrame, data_dir: str | Path = DATA,
     """The cost-regime map of the one-GPU main comparisons (PODS vs GRPO, `summary` rows):
     wall-clock speedup predicted from the per-step curves for c from 1 to 3, with the
     measured points."""
-    from . import plots
-
     maps, measured = {}, {}
     for study in ("gsm8k", "math", "llama"):
         rows = table[(table["study"] == study) & (table["variant"] == "pods")]

@@ -1,5 +1,5 @@
-"""What a person sees of one training run: the live bar while it trains, a short summary after
-it, and the 03_train notebook's choice between training, resuming and showing a finished run.
+"""What a person sees of one training run: the live bar while it trains, and a short summary
+after it.
 
 The bar counts the budget, not iterations: its fraction is that of max_steps or of
 max_train_seconds (the training clock, evaluation excluded), whichever is further along, so its
@@ -11,7 +11,6 @@ advantages of a group sum to zero), only its gradient is not.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -105,29 +104,3 @@ def describe(summary: dict[str, Any]) -> str:
         return line
     return line + (f"; test accuracy {start:.3f} at the start -> {best:.3f} best -> "
                    f"{final:.3f} final")
-
-
-def train_or_show(cfg: Any, run_dir: str | Path, resume: bool = True) -> dict[str, Any]:
-    """03_train's run: a complete run in `run_dir` (summary.json) is only shown (its summary is
-    returned, nothing is trained), an interrupted one is resumed from its last checkpoint (an
-    error when `resume` is False), an empty folder is trained. Errors name the notebook's
-    parameters (config_file, variant, seed, overrides, run_dir, resume)."""
-    from . import rundir
-    from .trainer import train
-
-    run_dir = Path(run_dir)
-    try:
-        state = rundir.run_state(cfg, run_dir)
-    except ValueError as err:
-        raise ValueError(f"{err}; in 03_train choose another run_dir, or the config_file, "
-                         "variant, seed and overrides it was run with") from None
-    if state == "complete":
-        print(f"{run_dir} holds a complete run: shown below, not trained again "
-              "(choose another run_dir to train a new one)")
-        return json.loads((run_dir / "summary.json").read_text())
-    if state == "resume" and not resume:
-        raise ValueError(f"run_dir {str(run_dir)!r} holds an interrupted run; set resume = True "
-                         "to continue it from its last checkpoint, or choose another run_dir")
-    if state == "resume":
-        print(f"{run_dir} holds an interrupted run: resuming it from its last checkpoint")
-    return train(cfg, run_dir, resume=state == "resume")

@@ -18,8 +18,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import Config
-from .files import atomic_write
+from podslib.config import Config
+from podslib.core.advantages import group_advantages
+from podslib.core.selection import RULES, select, subset_variance
+from podslib.files import atomic_write
+from podslib.models.loading import load_policy
+from podslib.rollout import SamplingParams, make_engine
+from podslib.seeding import derive_seed
+from podslib.tasks.rewards import score_batch
+from podslib.tasks.templates import build_prompts
+from podslib.training.data import load_examples
+from podslib.training.warmstart import policy_path
 
 ARRAYS = ("rewards", "correct", "lengths")
 
@@ -28,14 +37,6 @@ def sample_rollouts(cfg: Config, num_prompts: int, n: int) -> dict[str, Any]:
     """n rollouts for each of `num_prompts` training prompts of `cfg` (its model, warm-start,
     engine, sampling and reward settings; prompts drawn with cfg.seed). Returns rewards,
     correct, lengths ([G, n] numpy arrays), prompts, golds and texts ([G][n])."""
-    from .data import load_examples
-    from .models import load_policy
-    from .rewards import score_batch
-    from .rollout import SamplingParams, make_engine
-    from .seeding import derive_seed
-    from .sft import policy_path
-    from .tasks import build_prompts
-
     if not isinstance(num_prompts, int) or num_prompts < 1:
         raise ValueError(f"num_prompts must be an integer >= 1; got {num_prompts!r}")
     if not isinstance(n, int) or n < 1:
@@ -115,9 +116,6 @@ def rule_statistics(rewards: np.ndarray, m_values: Sequence[int], rules: Sequenc
     """Apply each rule with each m to saved rewards [G, n]. One row per (rule, m): the mean
     selected variance (unbiased), mean |advantage| (group-normalised within the m), the fraction
     of groups left with a gradient (selected rewards not all equal) and the mean selected reward."""
-    from .advantages import group_advantages
-    from .selection import RULES, select, subset_variance
-
     r = torch.as_tensor(np.asarray(rewards), dtype=torch.float32)
     rows = []
     for rule in rules:
@@ -137,8 +135,6 @@ def selection_timing(n_values: Sequence[int], m: int, rules: Sequence[str], grou
                      repeats: int = 5, seed: int = 0) -> pd.DataFrame:
     """Seconds per `select` call on [groups, n] uniform random rewards (best of `repeats`), one
     row per (rule, n) with n >= m."""
-    from .selection import select
-
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for n in n_values:

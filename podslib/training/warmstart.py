@@ -22,9 +22,14 @@ from typing import Any
 
 import torch
 
-from .config import Config, TinySettings
-from .data import arith_examples
-from .files import atomic_folder
+from podslib.config import Config, TinySettings
+from podslib.files import atomic_folder
+from podslib.models.loading import load_policy
+from podslib.models.tiny import make_tiny_model
+from podslib.rollout import make_engine
+from podslib.tasks.templates import render_prompt
+from podslib.training.data import arith_examples
+from podslib.training.evaluate import evaluate
 
 # The tiny settings that determine the randomly initialised model (the warm-start: all of them).
 MODEL_FIELDS = ("hidden", "layers", "heads", "seed")
@@ -60,8 +65,6 @@ def _cached(folder: Path, build) -> Path:
 
 def tiny_base(tiny: TinySettings, cache_dir: str | Path) -> Path:
     """The randomly initialised tiny model (cached): make_tiny_model with the tiny settings."""
-    from .models import make_tiny_model
-
     values = {name: getattr(tiny, name) for name in MODEL_FIELDS}
     folder = Path(cache_dir).expanduser() / settings_key(values, "tiny")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -73,8 +76,6 @@ def tiny_base(tiny: TinySettings, cache_dir: str | Path) -> Path:
 def sft_batch(examples: list, template: str, tokenizer) -> tuple[torch.Tensor, ...]:
     """(input_ids [B, T], attention_mask [B, T], labels [B, T]): prompt + solution + EOS,
     right-padded; labels are -100 on the prompt and the padding (loss on the answer only)."""
-    from .tasks import render_prompt
-
     rows, prompt_lens = [], []
     for ex in examples:
         prompt = tokenizer(render_prompt(ex, template, tokenizer), add_special_tokens=False)
@@ -119,9 +120,6 @@ def train_sft(model, tokenizer, examples: list, steps: int, batch_size: int, lr:
 def sampled_accuracy(model, tokenizer, examples: list, template: str, seed: int) -> float:
     """Fraction of `examples` answered correctly, one completion each at CHECK_TEMPERATURE
     (hf engine, seeded); leaves the model in training mode."""
-    from .evaluate import evaluate
-    from .rollout import make_engine
-
     engine = make_engine("hf", policy=model, tokenizer=tokenizer, seed=seed)
     try:
         result = evaluate(engine, examples, template, tokenizer, repeats=1,
@@ -138,8 +136,6 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path,
     """The tiny model after supervised steps on arith train problems, stopped at the first check
     that reaches tiny.warm_start_target (or after tiny.warm_start_steps); cached by a hash of
     the tiny settings and the template. Deterministic given tiny.seed and the machine."""
-    from .models import load_policy
-
     base = tiny_base(tiny, cache_dir)
     values = {**asdict(tiny), "template": template}
     folder = Path(cache_dir).expanduser() / settings_key(values, "sft")

@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import results as R
-from . import rundir
-from .config import Config, load_yaml, merge
-from .notebook import NotebookError, execute
+from podslib import rundir
+from podslib.analysis import results as R
+from podslib.config import Config, load_yaml, merge, run_id
+from podslib.files import REPO
+from podslib.lab.notebook import NotebookError, execute
+from podslib.training.warmstart import policy_path
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
 CONFIGS = REPO / "configs"
 GRID_KEYS = ("experiment", "description", "inherit", "seeds", "base", "grid")
@@ -53,7 +54,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        return rundir.run_id(self.variant, self.seed)
+        return run_id(self.variant, self.seed)
 
     def config(self, **overrides: Any) -> Config:
         return Config.from_dict(merge(self.values, overrides))
@@ -77,7 +78,7 @@ class Grid:
                              f"got {variant!r}")
         values = merge(merge({"results_root": "results"}, self.base), self.variants[variant])
         values = merge(values, {"experiment": self.experiment, "seed": seed,
-                                "run_name": rundir.run_id(variant, seed)})
+                                "run_name": run_id(variant, seed)})
         return resolve_paths(values)
 
     def config(self, variant: str, seed: int, **overrides: Any) -> Config:
@@ -308,8 +309,6 @@ def prepare_models(configs: list[Config], progress: bool = True) -> list[str]:
     core, before any kernel starts (the kernels get one thread each; runs started side by side
     would otherwise build the same model twice)."""
     import torch
-
-    from .sft import policy_path
 
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -9,7 +9,6 @@
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
 
-`python -m podslib.trainer CONFIG RUN_DIR ...` is `pods train CONFIG RUN_DIR ...`.
 Exit status: 0 on success, 1 when a run failed (the others still ran), 2 on a usage or
 configuration error (reported in one line, nothing run).
 """
@@ -18,10 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from . import notebook, pipeline
+import torch
+
+from podslib.analysis import paper
+from podslib.config import Config, parse_yaml_value
+from podslib.lab import notebook, pipeline
+from podslib.training import distributed as D
+from podslib.training.trainer import evaluate_checkpoint, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("variant")
     show.add_argument("--seed", type=int, default=None, help="default: the first of the file")
     train = sub.add_parser("train", help="train one run from a full Config YAML (the entry "
-                           "point for torchrun / accelerate launch: python -m podslib.trainer)")
+                           "point for torchrun / accelerate launch: python -m podslib train)")
     train.add_argument("config", help="Config YAML, e.g. from `pods config`")
     train.add_argument("run_dir", help="run folder to write")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run")
@@ -87,8 +93,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def parse_overrides(items: list[str]) -> dict:
     """['lr=2e-4', 'tiny.hidden=64'] -> {'lr': 0.0002, 'tiny.hidden': 64} (values read as YAML)."""
-    from .config import parse_yaml_value
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -107,10 +111,6 @@ def _experiments(root: Path) -> list[str]:
 
 
 def _train(args) -> dict:
-    from . import distributed as D
-    from .config import Config
-    from .trainer import train
-
     cfg = Config.from_yaml(args.config, **parse_overrides(args.overrides))
     summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
     if D.DistInfo.from_env().is_main:
@@ -149,15 +149,11 @@ def _dispatch(args) -> dict:
     if args.command == "train":
         return _train(args)
     if args.command == "evaluate":
-        from .trainer import evaluate_checkpoint
-
         result = evaluate_checkpoint(args.run_dir, args.checkpoint, **parse_overrides(
             args.overrides))
         print(json.dumps(result, indent=2))
         return {"done": [args.run_dir], "failed": []}
     if args.command == "paper":
-        from . import paper
-
         paths = paper.write(args.data or paper.DATA, args.out or paper.OUT)
         print(f"paper: {len(paths)} files under {paths[-1].parent}")
         return {"done": [str(p) for p in paths], "failed": []}
@@ -168,7 +164,9 @@ def _dispatch(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    notebook.kernel_environment()        # before torch is imported (the warm-start runs here)
+    notebook.kernel_environment()
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():      # read by torch before it was set
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     try:
         out = _dispatch(args)
     except (ValueError, FileNotFoundError, OSError) as err:
@@ -189,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
 def _exit(args, code: int) -> int:
     """`code`; a rank of a multi-process `pods train` ends its process here (no gloo abort at
     interpreter shutdown, see distributed.exit_process)."""
-    if args.command == "train":
-        from . import distributed as D
-
-        if D.DistInfo.from_env().enabled:
-            D.exit_process(code)
+    if args.command == "train" and D.DistInfo.from_env().enabled:
+        D.exit_process(code)
     return code

@@ -8,7 +8,7 @@ policy is the current one (ratio 1, no clipping in effect); with mu > 1 the old 
 from one no-grad pass before the first step. Reference log-probs are computed only when
 beta > 0. With an importance correction (Config.is_correction) one no-grad pass before the
 first optimizer step gives the old policy's log-probs under the sampling distribution, and the
-weights pi_old / pi_sampler (see podslib.loss). Optimizers and learning-rate schedules are
+weights pi_old / pi_sampler (see podslib.core.loss). Optimizers and learning-rate schedules are
 registries.
 """
 
@@ -19,60 +19,28 @@ import math
 import torch
 from torch import Tensor, nn
 
-from . import distributed as D
-from .batch import Batch, blank_batch, completion_logprobs, completion_outputs, micro_batches
-from .config import Config
-from .loss import grpo_loss, importance_weights
-from .registry import Registry
+from podslib.config import Config
+from podslib.core.loss import grpo_loss, importance_weights
+from podslib.training import distributed as D
+from podslib.training.batch import (
+    Batch,
+    blank_batch,
+    completion_logprobs,
+    completion_outputs,
+    micro_batches,
+)
+from podslib.training.optim import make_optimizer, make_scheduler
 
-# name -> fn(params, cfg) -> torch.optim.Optimizer
-OPTIMIZERS = Registry("optimizer")
-# name -> fn(i, warmup, total) -> learning-rate factor after the warmup
-SCHEDULES = Registry("lr_schedule")
 STATS = ("loss", "kl", "clip_frac", "entropy", "grad_norm")
 
 
-@OPTIMIZERS.register("adamw")
-def _adamw(params: list[Tensor], cfg: Config) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                             weight_decay=cfg.weight_decay)
-
-
-@OPTIMIZERS.register("adamw_8bit")
-def _adamw_8bit(params: list[Tensor], cfg: Config) -> torch.optim.Optimizer:
-    import bitsandbytes as bnb
-
-    return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                               weight_decay=cfg.weight_decay)
-
-
-@SCHEDULES.register("constant")
-def _constant(i: int, warmup: int, total: int) -> float:
-    return 1.0
-
-
-@SCHEDULES.register("cosine")
-def _cosine(i: int, warmup: int, total: int) -> float:
-    progress = min(1.0, (i - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(cfg: Config, policy: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in policy.parameters() if p.requires_grad]
-    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
-
-
-def make_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
-    """Linear warmup over warmup_ratio of the optimizer steps (max_steps * mu), then the
-    schedule (with no max_steps there is no warmup)."""
-    total = cfg.max_steps * cfg.mu
-    warmup = math.ceil(cfg.warmup_ratio * total)
-    after = SCHEDULES.get(cfg.lr_schedule)
-
-    def factor(i: int) -> float:
-        return (i + 1) / (warmup + 1) if i < warmup else after(i, warmup, total)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def optimizer_and_scheduler(cfg: Config, policy: nn.Module) -> tuple:
+    """cfg's optimizer over the policy's trainable parameters and its learning-rate schedule
+    (warmup over warmup_ratio of max_steps * mu optimizer steps)."""
+    optimizer = make_optimizer(cfg.optimizer, policy, cfg.lr, (cfg.adam_beta1, cfg.adam_beta2),
+                               cfg.weight_decay)
+    return optimizer, make_scheduler(optimizer, cfg.lr_schedule, cfg.warmup_ratio,
+                                     cfg.max_steps * cfg.mu)
 
 
 def no_grad(model: nn.Module, parts: list[Batch], fn):
@@ -156,10 +124,13 @@ def optimizer_step(policy: nn.Module, optimizer, scheduler, max_grad_norm: float
 
 def update(policy: nn.Module, optimizer, scheduler, batch: Batch, cfg: Config, reference,
            total_sequences: int, total_tokens: int) -> dict[str, float]:
-    """mu optimizer steps on this rank's selected rollouts; returns the means over them of the
-    loss, kl, clip fraction, entropy and gradient norm (and the importance ratio statistics).
-    Every rank runs as many micro-batches as the busiest one, even with no rows of its own:
-    blank ones pad (counted over ranks in blank_micro_batches)."""
+    """mu optimizer steps on this rank's selected rollouts, the loss normalised by the global
+    counts; returns the means over them of the loss, kl, clip fraction, entropy and gradient
+    norm (and the importance ratio statistics). Nothing to train on any rank (every group
+    filtered out): no step, zeros. Every rank runs as many micro-batches as the busiest one,
+    even with no rows of its own: blank ones pad (counted over ranks in blank_micro_batches)."""
+    if not total_sequences:
+        return {**dict.fromkeys(STATS, 0.0), "entropy": None, "blank_micro_batches": 0}
     parts = micro_batches(batch, cfg.micro_batch_size)
     counts = D.all_gather_rows(torch.tensor([len(parts)]))                   # [world]
     parts += [blank_batch()] * (int(counts.max()) - len(parts))

@@ -8,13 +8,15 @@ what papermill injected itself, in its second cell (`check_injected_parameters`)
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from . import rundir
-from .config import Config
+from podslib import rundir
+from podslib.config import Config
+from podslib.training.trainer import train
 
 
 class NotebookError(RuntimeError):
@@ -36,7 +38,8 @@ def default_kernel() -> str:
 
 
 def kernel_environment() -> None:
-    """Environment the notebook kernels inherit (set unless the user already did): an in-process
+    """Environment the notebook kernels (and `pods train` ranks) inherit, set unless the user
+    already did: an in-process
     vLLM engine (weight sync needs it, docs/design.md "Engines"); torch's C++ log at errors only
     (vLLM's CPU worker otherwise prints a NUMA-binding notice for every run); and, on machines
     without a GPU, one torch thread per process: several OpenMP threads per process on a small,
@@ -201,3 +204,26 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     except pm.PapermillExecutionError as err:
         raise NotebookError(notebook, output, err.ename, err.evalue, err.exec_count) from err
     return output
+
+
+def train_or_show(cfg: Any, run_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """03_train's run: a complete run in `run_dir` (summary.json) is only shown (its summary is
+    returned, nothing is trained), an interrupted one is resumed from its last checkpoint (an
+    error when `resume` is False), an empty folder is trained. Errors name the notebook's
+    parameters (config_file, variant, seed, overrides, run_dir, resume)."""
+    run_dir = Path(run_dir)
+    try:
+        state = rundir.run_state(cfg, run_dir)
+    except ValueError as err:
+        raise ValueError(f"{err}; in 03_train choose another run_dir, or the config_file, "
+                         "variant, seed and overrides it was run with") from None
+    if state == "complete":
+        print(f"{run_dir} holds a complete run: shown below, not trained again "
+              "(choose another run_dir to train a new one)")
+        return json.loads((run_dir / "summary.json").read_text())
+    if state == "resume" and not resume:
+        raise ValueError(f"run_dir {str(run_dir)!r} holds an interrupted run; set resume = True "
+                         "to continue it from its last checkpoint, or choose another run_dir")
+    if state == "resume":
+        print(f"{run_dir} holds an interrupted run: resuming it from its last checkpoint")
+    return train(cfg, run_dir, resume=state == "resume")

@@ -25,7 +25,7 @@ from numbers import Integral
 import torch
 from torch import Generator, Tensor
 
-from .registry import Registry
+from podslib.registry import Registry
 
 # name -> fn(rewards [G, n], m, generator) -> indices [G, m]
 RULES = Registry("rule")

@@ -16,6 +16,10 @@ from typing import Any
 
 import torch
 
+from podslib.rollout import SamplingParams
+from podslib.tasks.grading import is_correct
+from podslib.tasks.templates import render_prompt
+
 
 def evaluate(
     engine,
@@ -37,10 +41,6 @@ def evaluate(
     `seeds`: one per example (else one `seed` for the batch). Returns accuracy, n_correct,
     n_samples, n_problems, repeats, greedy, eval_s and per_problem ([n_problems] accuracies).
     """
-    from .rewards import is_correct
-    from .rollout import SamplingParams
-    from .tasks import render_prompt
-
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1; got {repeats!r}")
     if not greedy and not temperature > 0:

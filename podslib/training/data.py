@@ -7,11 +7,14 @@ single-process one, and every variant of one seed sees the same prompts.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from .config import Config, TinySettings
-from .seeding import derive_seed
-from .tasks import Example, load_task, make_arith
+from podslib.config import Config, TinySettings
+from podslib.seeding import derive_seed
+from podslib.tasks.datasets import Example, load_task, make_arith
+from podslib.tasks.templates import build_prompts
 
 
 def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int = 0
@@ -48,3 +51,22 @@ def prompt_indices(start: int, count: int, n_prompts: int, seed: int) -> list[in
         order = np.random.default_rng(derive_seed(seed, "epoch", epoch)).permutation(n_prompts)
         out.append(int(order[offset]))
     return out
+
+
+@dataclass
+class Data:
+    """Training prompts (rendered, long ones dropped) and test problems."""
+
+    prompts: list[str]
+    golds: list[str]
+    test_examples: list[Example]
+    n_dropped: int
+
+
+def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]) -> Data:
+    """The training prompts (those within max_prompt_tokens) and the test problems."""
+    prompts, kept, n_dropped = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
+    if not prompts:
+        raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
+                         "training prompts; raise it")
+    return Data(prompts, [e.gold for e in kept], test, n_dropped)

@@ -92,7 +92,7 @@ def exit_process(code: int = 0) -> NoReturn:
     Once FSDP2 has run, DTensor's caches keep the default process group alive past
     `destroy_process_group`, and gloo threads still running at interpreter shutdown can abort a
     rank that has finished and written everything (SIGABRT, "terminate called without an active
-    exception"), failing the launch. The launcher entry point (`podslib.trainer.main`) ends each
+    exception"), failing the launch. The launcher entry point (`podslib.training.trainer.main`) ends each
     rank of a multi-process run this way.
     """
     atexit._run_exitfuncs()

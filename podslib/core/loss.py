@@ -26,7 +26,7 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
-from .registry import Registry
+from podslib.registry import Registry
 
 # name -> fn(per_token [B, T], mask [B, T], sequences, tokens, max_len) -> scalar loss
 AGGREGATIONS = Registry("aggregation")

@@ -1,33 +1,23 @@
-"""The GRPO / GRPO-PODS training loop (docs/method.md; Xu et al. 2025, Algorithm 1).
+"""The GRPO / GRPO-PODS training loop: build a run, step, evaluate, checkpoint, resume.
 
-One step (`Trainer.draw`, then `Trainer.step`), for the G prompts of this rank:
+`Trainer.step` runs one step as `podslib.training.step` describes it (draw, select, update, sync).
+The training clock (train_time_s) counts the phases of the steps only: evaluation and checkpoint
+writes are excluded, as in the paper. A run folder (see `podslib.rundir`) holds config.yaml,
+metrics.jsonl (one line per step), eval.jsonl, checkpoints/ and summary.json; checkpoints are
+written at step boundaries with every RNG state, so a resumed run repeats the uninterrupted one
+exactly.
 
-    groups  = generate(engine, prompts, cfg, seeds)            # n rollouts per prompt
-    scored  = score(groups, golds, cfg)                        # rewards [G, n], all ranks
-    keep    = passing(scored.rewards, cfg)                     # group filter (refill rounds)
-    idx, adv = select_rollouts(scored.rewards, cfg, step)      # select m, advantages [G, m]
-    update(policy, ..., build_batch(groups, idx, adv, keep))   # micro-batched, mu iterations
-    sync(engine, policy)                                       # the engine samples the new policy
-
-The training clock (train_time_s) counts the phases of the steps only: evaluation and
-checkpoint writes are excluded, as in the paper. A run folder (see `podslib.rundir`) holds
-config.yaml, metrics.jsonl (one line per step), eval.jsonl, checkpoints/ and summary.json;
-checkpoints are written at step boundaries with every RNG state, so a resumed run repeats the
-uninterrupted one exactly.
-
-Scale-out (`podslib.distributed`): `torchrun --nproc_per_node K -m podslib.trainer CONFIG
-RUN_DIR` runs K data-parallel ranks; sampling seeds are derived from (seed, step, global prompt
-index), so the rollouts do not depend on the rank split. With sharding 'fsdp' the update runs on
-FSDP2 shards: every rank runs as many micro-batches as the busiest one, the engine samples from
-an unsharded copy refreshed after each update with the gathered weights, and checkpoints hold
-whole tensors either way (a run may resume with the other sharding).
+Scale-out (`podslib.training.distributed`): `torchrun --nproc_per_node K -m podslib train CONFIG
+RUN_DIR` runs K data-parallel ranks. With sharding 'fsdp' the update runs on FSDP2 shards: every
+rank runs as many micro-batches as the busiest one, the engine samples from an unsharded copy
+refreshed after each update with the gathered weights, and checkpoints hold whole tensors either
+way (a run may resume with the other sharding).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -35,33 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from . import distributed as D
-from . import rundir
-from .batch import build_batch
-from .config import Config
-from .data import load_examples, prompt_indices
-from .files import append_jsonl, write_json
-from .seeding import derive_seed, rng_state, seed_everything, set_rng_state
-from .step import (
+from podslib import rundir
+from podslib.config import Config
+from podslib.files import append_jsonl, write_json
+from podslib.models.loading import LoraSettings, load_policy, load_reference
+from podslib.rollout import make_engine
+from podslib.seeding import derive_seed, rng_state, seed_everything, set_rng_state
+from podslib.training import distributed as D
+from podslib.training.data import build_data, load_examples
+from podslib.training.evaluate import evaluate
+from podslib.training.progress import TrainingBar
+from podslib.training.step import (
     PhaseTimer,
-    Scored,
     completion_rows,
-    generate,
-    passing,
-    rollout_metrics,
-    score,
-    select_rollouts,
+    draw,
+    select_batch,
+    step_metrics,
+    sync,
 )
-from .update import make_optimizer, make_scheduler, update
+from podslib.training.tracking import make_tracker
+from podslib.training.update import optimizer_and_scheduler, update
+from podslib.training.warmstart import policy_path
 
-METRIC_KEYS = (
-    "step", "wall_s", "train_time_s", "t_generate", "t_score", "t_select", "t_update", "t_sync",
-    "reward_mean_all", "reward_std_all", "reward_mean_sel", "reward_std_sel", "sel_var",
-    "zero_var_frac", "accuracy_all", "tokens_generated", "tokens_trained", "completion_len",
-    "trunc_rate", "loss", "kl", "clip_frac", "grad_norm", "blank_micro_batches", "lr",
-)
 EVAL_KEYS = ("step", "train_time_s", "accuracy", "n_problems", "repeats", "greedy", "eval_s")
 
 
@@ -92,27 +79,6 @@ class Model:
     reference: Any                # models.Reference, or None when beta == 0
 
 
-@dataclass
-class Drawn:
-    """The rollouts of one step: every round of generation, gathered over ranks."""
-
-    groups: list                  # this rank's groups, in the order of `mine`
-    mine: list[int]               # their rows in `scored`
-    scored: Scored                # [G, n] over all rounds and ranks
-    keep: Tensor                  # [G] bool: the groups trained (passed the filter, in budget)
-    rounds: int
-
-
-@dataclass
-class Data:
-    """Training prompts (rendered, long ones dropped) and test problems."""
-
-    prompts: list[str]
-    golds: list[str]
-    test_examples: list
-    n_dropped: int
-
-
 # ----------------------------------------------------------------------------------------------
 # building a run
 # ----------------------------------------------------------------------------------------------
@@ -130,9 +96,6 @@ def check_packages(cfg: Config) -> None:
 def build_model(cfg: Config, info: D.DistInfo, device: str, progress: bool = True) -> Model:
     """Load the policy (LoRA-wrapped when lora_r > 0; sharded under fsdp) and its reference.
     Rank 0 builds the cached tiny model first, the other ranks then load it."""
-    from .models import LoraSettings, load_policy, load_reference
-    from .sft import policy_path
-
     path = policy_path(cfg, progress) if info.is_main else ""
     D.barrier()
     path = path or policy_path(cfg, progress=False)
@@ -147,17 +110,6 @@ def build_model(cfg: Config, info: D.DistInfo, device: str, progress: bool = Tru
         D.shard(policy, device)
     reference = load_reference(policy, path, cfg.dtype, device) if cfg.beta > 0 else None
     return Model(path, policy, rollout_policy, tokenizer, reference)
-
-
-def build_data(cfg: Config, tokenizer, train: list, test: list) -> Data:
-    """The training prompts (those within max_prompt_tokens) and the test problems."""
-    from .tasks import build_prompts
-
-    prompts, kept, n_dropped = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
-    if not prompts:
-        raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
-                         "training prompts; raise it")
-    return Data(prompts, [e.gold for e in kept], test, n_dropped)
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
@@ -190,8 +142,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path, info: D.DistInfo, device: str, progress: bool,
                  examples: tuple[list, list]):
-        from .rollout import make_engine
-
         self.cfg, self.run_dir, self.info, self.device = cfg, run_dir, info, device
         self.progress = progress
         if not progress:
@@ -205,64 +155,25 @@ class Trainer:
                                   policy=self.model.rollout_policy, tokenizer=self.model.tokenizer,
                                   device=device, dtype=cfg.dtype, seed=cfg.seed,
                                   gpu_memory_utilization=cfg.gpu_memory_utilization)
-        self.optimizer = make_optimizer(cfg, self.model.policy)
-        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.optimizer, self.scheduler = optimizer_and_scheduler(cfg, self.model.policy)
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
 
     # --- one step ----------------------------------------------------------------------------
-    def draw(self, timer: PhaseTimer) -> Drawn:
-        """Generate and score rounds of prompts_per_step new prompts until prompts_per_step
-        groups pass group_filter, at most 1 + refill_rounds rounds (DAPO dynamic sampling; one
-        round when nothing is filtered). Each rank takes its share of every round."""
-        cfg, rank, s = self.cfg, self.info.rank, self.state
-        g, total = cfg.prompts_per_step // self.info.world_size, cfg.prompts_per_step
-        groups, mine, scored, keep = [], [], [], []
-        for r in range(cfg.refill_rounds + 1):
-            chosen = prompt_indices(s.data_pos, total, len(self.data.prompts), cfg.seed)
-            local = chosen[rank * g:(rank + 1) * g]
-            s.data_pos += total
-            seeds = [derive_seed(cfg.seed, "rollout", s.step, r, rank * g + j) for j in range(g)]
-            with timer("generate"):
-                new = generate(self.engine, [self.data.prompts[i] for i in local], cfg, seeds)
-            with timer("score"):
-                scored.append(score(new, [self.data.golds[i] for i in local], cfg))
-            groups += new
-            mine += [r * total + rank * g + j for j in range(g)]
-            need = total - sum(int(k.sum()) for k in keep)
-            ok = passing(scored[-1].rewards, cfg)
-            keep.append(ok & (ok.cumsum(0) <= need))
-            if int(keep[-1].sum()) == need:
-                break
-        return Drawn(groups, mine, Scored.cat(scored), torch.cat(keep), r + 1)
-
     def step(self) -> dict[str, Any]:
-        """Run step number state.step + 1; returns its metrics."""
-        cfg = self.cfg
-        timer = PhaseTimer(self.device)
-        drawn = self.draw(timer)
+        """Run step number state.step + 1 (draw, select, update, sync); returns its metrics."""
+        cfg, s, timer = self.cfg, self.state, PhaseTimer(self.device)
+        drawn = draw(self.engine, self.data, cfg, s.data_pos, s.step, self.info, timer)
+        s.data_pos += drawn.prompts_drawn
         with timer("select"):
-            idx, adv = select_rollouts(drawn.scored.rewards, cfg, self.state.step)
-            train = drawn.keep[:, None].expand_as(idx).clone()                   # [G, m]
-            if cfg.mask_truncated_completions:
-                train &= drawn.scored.truncated.gather(1, idx) == 0
-            mine = drawn.mine
-            batch = build_batch(drawn.groups, idx[mine], adv[mine], train[mine],
-                                self.model.tokenizer.pad_token_id)
-            total_sequences = int(train.sum())
-            total_tokens = int(drawn.scored.lengths.gather(1, idx)[train].sum())
+            chosen = select_batch(drawn, cfg, s.step, self.model.tokenizer.pad_token_id)
         lr = self.optimizer.param_groups[0]["lr"]
         with timer("update"):
-            stats = (update(self.model.policy, self.optimizer, self.scheduler, batch, cfg,
-                            self.model.reference, total_sequences, total_tokens)
-                     if total_sequences else
-                     {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "entropy": None,
-                      "grad_norm": 0.0, "blank_micro_batches": 0})
+            stats = update(self.model.policy, self.optimizer, self.scheduler, chosen.batch, cfg,
+                           self.model.reference, chosen.sequences, chosen.tokens)
         with timer("sync"):
             sync(self.engine, self.model.policy, self.model.rollout_policy)
-        self.latest = (drawn, idx)
-        return {**timer.seconds, **rollout_metrics(drawn.scored, drawn.keep, idx),
-                "gen_rounds": drawn.rounds, "groups_trained": int(drawn.keep.sum()),
-                "tokens_trained": total_tokens, **stats, "lr": lr}
+        self.latest = (drawn, chosen.idx)
+        return step_metrics(timer, drawn, chosen, stats, lr)
 
     # --- evaluation --------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
@@ -270,8 +181,6 @@ class Trainer:
         (derive_seed(seed, 'eval', i)): every variant of one seed, at every evaluation, on any
         rank split, samples each problem with the same random numbers (a paired design). Each
         rank takes every world_size-th problem and the counts are summed."""
-        from .evaluate import evaluate
-
         cfg, rank, world = self.cfg, self.info.rank, self.info.world_size
         mine = list(range(rank, len(self.data.test_examples), world))
         start = time.perf_counter()
@@ -362,9 +271,6 @@ class Trainer:
     def run(self, resume: bool) -> dict:
         """The loop: evaluate at step 0, then step until the budget is spent, evaluating and
         checkpointing on schedule; a final evaluation and checkpoint; the summary."""
-        from .progress import TrainingBar
-        from .tracking import make_tracker
-
         cfg = self.cfg
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -452,18 +358,3 @@ def evaluate_checkpoint(run_dir: str | Path, which: str = "best", **overrides: A
 
 def _quiet(*args, **kwargs) -> None:
     """Warnings are printed by rank 0 only."""
-
-
-def sync(engine, policy: nn.Module, rollout_policy: nn.Module) -> None:
-    """Make the engine sample from the updated policy (vLLM: push merged weights). Under fsdp
-    the engine samples from an unsharded copy, first refreshed with the gathered trainable
-    weights (every rank takes part)."""
-    if rollout_policy is not policy:
-        D.copy_trainable(policy, rollout_policy)
-    engine.sync_weights(rollout_policy)
-
-
-if __name__ == "__main__":          # python -m podslib.trainer ... == pods train ...
-    from .cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

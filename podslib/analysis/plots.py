@@ -1,6 +1,6 @@
 """Matplotlib figures for the notebooks and the README (PNG files).
 
-Every function takes tidy pandas / numpy inputs (from `podslib.results` or `podslib.offline`),
+Every function takes tidy pandas / numpy inputs (from `podslib.analysis.results` or `podslib.lab.offline`),
 returns the Figure, and when `path` is given also saves it as PNG (parent folders created).
 Outside a Jupyter kernel the Agg backend is used (headless: CLI, papermill-free scripts, tests);
 inside one the kernel's inline backend shows each figure under its cell.

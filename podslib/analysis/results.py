@@ -1,11 +1,11 @@
 """Run folders loaded into pandas frames, and the summary table of an experiment.
 
 A run folder is `results/<experiment>/<run_id>/` (run_id = '<variant>-s<seed>') holding what
-`podslib.trainer.train` writes (see `podslib.rundir`) plus the executed notebook. A run is
+`podslib.training.trainer.train` writes (see `podslib.rundir`) plus the executed notebook. A run is
 complete when summary.json exists.
 
 Seed aggregation, the paper's speedup, bootstrap intervals and verdicts are computed by
-`podslib.stats` (one implementation, generic over the x axis: train_time_s or step); this module
+`podslib.analysis.stats` (one implementation, generic over the x axis: train_time_s or step); this module
 turns run folders into pandas frames and those statistics into the summary table.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import stats as S
-from .config import load_yaml
-from .files import atomic_write
-from .rundir import find_runs, is_complete, read_log
+from podslib.analysis import stats as S
+from podslib.config import load_yaml
+from podslib.files import atomic_write
+from podslib.rundir import find_runs, is_complete, read_log
 
 PHASES = ("t_generate", "t_score", "t_select", "t_update", "t_sync")
 RUN_COLUMNS = ("experiment", "variant", "seed", "run_id", "n", "m", "rule", "complete")
