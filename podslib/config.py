@@ -32,7 +32,7 @@ import yaml
 from podslib.core.advantages import SCALES
 from podslib.core.loss import AGGREGATIONS, IS_CORRECTIONS
 from podslib.core.selection import FILTERS, RULES
-from podslib.files import atomic_write
+from podslib.files import atomic_write, check_name
 from podslib.models.loading import DTYPES, LORA_TARGETS
 from podslib.registry import Registry
 from podslib.rollout import ENGINES
@@ -43,9 +43,17 @@ from podslib.training.optim import OPTIMIZERS, SCHEDULES
 from podslib.training.tracking import check_report_to
 
 # Patterns of string fields: (regex matched in full, what it means).
-FOLDER = (r"[^/]+", "a folder name (non-empty, no '/')")
-FOLDER_OR_EMPTY = (r"[^/]*", "a folder name without '/' (or empty)")
 NON_EMPTY = (r".+", "a non-empty string")
+SEED_MAX = 2**63 - 1     # seeds reach torch and the engines as signed 64-bit integers
+
+
+def _folder(name: str, empty_ok: bool = False) -> Callable[[Any], None]:
+    """The check of field `name`, which names a folder: one safe path component
+    (files.check_name), or '' when `empty_ok`."""
+    def check(value: Any) -> None:
+        if not (empty_ok and value == ""):
+            check_name(value, name)
+    return check
 
 
 def option(default: Any, help: str, *, choices: Registry | dict | tuple | None = None,
@@ -178,7 +186,7 @@ class TinySettings:
     heads: int = option(4, "Tiny model: attention heads (hidden must be divisible by them).",
                         low=1)
     seed: int = option(0, "Seed of the tiny model's initialisation and warm-start (shared by "
-                       "every run of an experiment).", low=0)
+                       "every run of an experiment).", low=0, high=SEED_MAX)
     steps_min: int = option(1, "Arith task: fewest operations per problem.", low=1)
     steps_max: int = option(3, "Arith task: most operations per problem.", low=1)
     operand_min: int = option(1, "Arith task: smallest operand.", low=0)
@@ -220,11 +228,11 @@ class Config:
 
     # --- run identity ------------------------------------------------------------------------
     experiment: str = option("tiny", "Experiment name: runs are written to "
-                             "results_root/experiment/run_name.", pattern=FOLDER)
+                             "results_root/experiment/run_name.", check=_folder("experiment"))
     run_name: str = option("", "Run folder name; empty = '<method>-s<seed>' with method 'grpo-n4-m4' "
-                           "or '<rule>-n16-m4'.", pattern=FOLDER_OR_EMPTY)
+                           "or '<rule>-n16-m4'.", check=_folder("run_name", empty_ok=True))
     seed: int = option(0, "Seed for data order, sampling seeds, selection and initialisation.",
-                       low=0)
+                       low=0, high=SEED_MAX)
 
     # --- model -------------------------------------------------------------------------------
     model: str = option("tiny", "'tiny' = the embedded character-level Qwen2 model (see tiny); "

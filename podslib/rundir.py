@@ -10,7 +10,12 @@ by another process is locked.
 Checkpoints (`checkpoints/step-XXXXXX/`) are written into a temporary folder, renamed, then
 verified against their manifest (size and SHA-256 of every file) before older ones are deleted;
 the last KEEP_CHECKPOINTS are kept. Loading verifies again and falls back to the newest valid
-checkpoint with a warning naming the bad one.
+checkpoint with a warning naming the bad one. A full disk while writing one is one line naming
+the folder; the previous checkpoint stays, and the temporary folder is removed (by a resume,
+when the writer was killed).
+
+A folder the kit did not make is never written to: a run folder without config.yaml may hold
+only what the kit writes before it (the executed notebook, a lock, temporary files).
 """
 
 from __future__ import annotations
@@ -30,11 +35,23 @@ import torch
 from torch import Tensor
 
 from podslib.config import Config, load_yaml
-from podslib.files import atomic_folder, atomic_write, read_jsonl, write_json
+from podslib.files import (
+    atomic_folder,
+    atomic_write,
+    naming,
+    no_space,
+    read_jsonl,
+    write_json,
+)
 
 KEEP_CHECKPOINTS = 2
 EMPTY_LOCK_S = 10.0     # a lock file naming no owner for this long is stale
 CHECKPOINT_FILES = ("trainable.pt", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+# What the kit may write in a run folder before its config.yaml: the executed notebook
+# (03_train.ipynb, 03_train.1.ipynb, ...), the lock, an interrupted atomic write (.name.PID.tmp).
+BEFORE_CONFIG = ("03_train*.ipynb", ".lock", ".*.tmp")
+# torch.save's error for a short write (a full disk): a RuntimeError naming no file or errno.
+TORCH_SHORT_WRITE = ("unexpected pos", "file write failed")
 
 
 def is_complete(run_dir: str | Path) -> bool:
@@ -95,6 +112,7 @@ def locked(folder: str | Path, what: str):
     LockedError naming the owner (pid, host, start time); a lock whose owner process is gone
     (same host) is stale and taken over with a warning."""
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%F %T")}
@@ -117,6 +135,11 @@ def locked(folder: str | Path, what: str):
     finally:
         if _read_lock(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+        for made_here in made:                      # innermost first: leave no empty folder
+            try:
+                made_here.rmdir()
+            except OSError:
+                break
 
 
 def check_unlocked(folder: str | Path, what: str) -> None:
@@ -157,14 +180,22 @@ def _read_lock(path: Path) -> dict:
 # before a run starts
 # ----------------------------------------------------------------------------------------------
 
-def claim_experiment(exp_dir: str | Path, experiment: str, source: str) -> None:
+def claim_experiment(exp_dir: str | Path, experiment: str, source: str,
+                     check_only: bool = False) -> None:
     """Mark `exp_dir` as holding `experiment` from grid file `source` (experiment.json), or check
-    that it already does; a folder of another experiment raises ValueError, writing nothing."""
+    that it already does; a folder of another experiment raises ValueError, writing nothing.
+    With `check_only` nothing is written either way."""
     exp_dir = Path(exp_dir)
     check_writable(exp_dir, "results folder")
     marker = exp_dir / "experiment.json"
     if marker.exists():
-        mine = json.loads(marker.read_text())
+        try:
+            mine = json.loads(marker.read_text())
+        except ValueError:
+            mine = None
+        if not isinstance(mine, dict):
+            raise ValueError(f"{str(marker)!r} is damaged (not the JSON object `pods run` "
+                             "writes); move it away to claim the folder again")
         if mine.get("experiment") != experiment or mine.get("source") != source:
             raise ValueError(
                 f"results folder {str(exp_dir)!r} holds experiment {mine.get('experiment')!r} "
@@ -172,14 +203,19 @@ def claim_experiment(exp_dir: str | Path, experiment: str, source: str) -> None:
                 "another experiment name or results_root (nothing was overwritten)")
         return
     for run in find_runs(exp_dir):
-        other = (load_yaml(run / "config.yaml") or {}).get("experiment")
+        saved = load_yaml(run / "config.yaml")
+        if not isinstance(saved, dict):
+            raise ValueError(f"config file {str(run / 'config.yaml')!r} is empty or not a "  # noqa: TRY004
+                             "mapping (a damaged run); move that run folder away")
+        other = saved.get("experiment")
         if other != experiment:
             raise ValueError(
                 f"results folder {str(exp_dir)!r} holds runs of experiment {other!r} (e.g. "
                 f"{run.name}), not {experiment!r}; choose another experiment name or "
                 "results_root (nothing was overwritten)")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"experiment": experiment, "source": source})
+    if not check_only:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        write_json(marker, {"experiment": experiment, "source": source})
 
 
 def run_state(cfg: Config, run_dir: str | Path) -> str:
@@ -188,6 +224,7 @@ def run_state(cfg: Config, run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     saved = run_dir / "config.yaml"
     if not saved.exists():
+        check_not_foreign(run_dir)
         return "new"
     differ = cfg.differing_fields(Config.from_yaml(saved))
     if differ:
@@ -198,6 +235,21 @@ def run_state(cfg: Config, run_dir: str | Path) -> str:
         return "complete"
     started = (run_dir / "metrics.jsonl").exists() or bool(checkpoints(run_dir))
     return "resume" if started else "new"
+
+
+def check_not_foreign(run_dir: Path) -> None:
+    """ValueError naming `run_dir` when it holds anything but what the kit writes before a run's
+    config.yaml (BEFORE_CONFIG): files the kit did not write, which it must not touch."""
+    if not run_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in run_dir.iterdir()
+                     if not any(p.match(pattern) for pattern in BEFORE_CONFIG))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise ValueError(f"run folder {str(run_dir)!r} holds files the kit did not write "
+                         f"({shown}) and no config.yaml; move them away, or choose another "
+                         "experiment name or results_root (nothing was changed)")
 
 
 def check_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
@@ -242,7 +294,8 @@ def set_aside_after(path: Path, last_step: int) -> int:
             ok = False
         (kept if ok else moved).append(line if line.endswith("\n") else line + "\n")
     if moved:
-        with open(path.with_suffix(".orphaned.jsonl"), "a") as f:
+        orphaned = path.with_suffix(".orphaned.jsonl")
+        with naming(orphaned), open(orphaned, "a") as f:
             f.writelines(moved)
         atomic_write(path, "".join(kept))
     return len(moved)
@@ -267,16 +320,34 @@ def _sha256(path: Path) -> str:
 
 def write_checkpoint(folder: Path, parts: dict[str, Any], state: dict) -> Path:
     """Write `parts` ({file name: object for torch.save}) and state.json into `folder`
-    atomically, with manifest.json (size and SHA-256 of each file) written last."""
+    atomically, with manifest.json (size and SHA-256 of each file) written last. A full disk
+    raises NoSpaceError naming `folder`; the temporary folder is removed, an older `folder`
+    kept."""
     def build(tmp: Path) -> None:
         for name, obj in parts.items():
-            torch.save(obj, tmp / name)
+            try:
+                torch.save(obj, tmp / name)
+            except RuntimeError as err:
+                if any(text in str(err) for text in TORCH_SHORT_WRITE):
+                    raise no_space(folder, "checkpoint") from None
+                raise
         (tmp / "state.json").write_text(json.dumps(state))
         manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
                     for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    return atomic_folder(folder, build)
+    with naming(folder, "checkpoint"):
+        return atomic_folder(folder, build)
+
+
+def remove_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders a killed checkpoint writer left in checkpoints/
+    (.step-XXXXXX.PID.tmp, .best.PID.tmp); called by the run holding the folder's lock.
+    Returns them."""
+    stale = sorted((Path(run_dir) / "checkpoints").glob(".*.tmp"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def verify_checkpoint(folder: Path, required: tuple[str, ...] = CHECKPOINT_FILES) -> str:

@@ -12,6 +12,7 @@ turns run folders into pandas frames and those statistics into the summary table
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,9 @@ RUN_COLUMNS = ("experiment", "variant", "seed", "run_id", "n", "m", "rule", "com
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
     cfg = load_yaml(run_dir / "config.yaml")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"config file {str(run_dir / 'config.yaml')!r} is empty or not a "  # noqa: TRY004
+                         "mapping")
     seed = int(cfg.get("seed", 0))
     n, m = int(cfg.get("n", 0)), int(cfg.get("m", 0))
     suffix = f"-s{seed}"
@@ -50,11 +54,18 @@ def _exp_dirs(root: str | Path, experiment: str | None) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def _frame(runs: list[Path], filename: str) -> pd.DataFrame:
+def _frame(runs: list[Path], filename: str, skip_damaged: bool = True) -> pd.DataFrame:
+    """The records of `filename` of every run, with the run columns; a damaged run (its config
+    or log unreadable) is left out with one line naming the file, unless not `skip_damaged`."""
     rows = []
     for run in runs:
-        info = _run_info(run)
-        rows += [{**info, **rec} for rec in read_log(run / filename)]
+        try:
+            info = _run_info(run)
+            rows += [{**info, **rec} for rec in read_log(run / filename)]
+        except ValueError as err:
+            if not skip_damaged:
+                raise
+            print(f"left out (a damaged run): {err}", file=sys.stderr)
     if not rows:
         return pd.DataFrame(columns=[*RUN_COLUMNS, "step", "train_time_s"])
     return pd.DataFrame(rows)
@@ -65,7 +76,7 @@ def load_run(run_dir: str | Path, filename: str = "eval.jsonl") -> pd.DataFrame:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"run folder {str(run_dir)!r} has no config.yaml")
-    return _frame([run_dir], filename)
+    return _frame([run_dir], filename, skip_damaged=False)
 
 
 def load_runs(root: str | Path, experiment: str | None = None) -> pd.DataFrame:

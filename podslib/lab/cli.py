@@ -9,8 +9,12 @@
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
 
-Exit status: 0 on success, 1 when a run failed (the others still ran), 2 on a usage or
-configuration error (reported in one line, nothing run).
+key=value arguments may come anywhere after the command's own positionals.
+
+Exit status: 0 on success, 1 when a run failed (the others still ran) or the disk is full, 2 on
+a usage or configuration error (reported in one line, nothing run), 130 when stopped by Ctrl-C
+(SIGINT) or SIGTERM: a training run stops at its next step boundary with a checkpoint, and the
+same command again (`pods train ... --resume`) continues it.
 """
 
 from __future__ import annotations
@@ -18,16 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from podslib import rundir
 from podslib.analysis import paper
 from podslib.config import Config, parse_yaml_value
+from podslib.files import NoSpaceError
 from podslib.lab import notebook, pipeline
 from podslib.training import distributed as D
-from podslib.training.trainer import evaluate_checkpoint, train
+from podslib.training.trainer import Interrupted, evaluate_checkpoint, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +101,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; `key=value` items after options (`pods train C R --resume
+    max_steps=60`), which argparse leaves over, join the command's overrides."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = getattr(args, "overrides", None)
+    if extra and overrides is not None and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = overrides + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def parse_overrides(items: list[str]) -> dict:
     """['lr=2e-4', 'tiny.hidden=64'] -> {'lr': 0.0002, 'tiny.hidden': 64} (values read as YAML)."""
     out = {}
@@ -144,7 +167,10 @@ def _dispatch(args) -> dict:
 
         grid = pipeline.load_grid(args.config)
         seed = grid.seeds[0] if args.seed is None else args.seed
-        print(yaml.safe_dump(grid.config(args.variant, seed).to_dict(), sort_keys=False), end="")
+        root = {"results_root": str(Path(args.results_root).resolve())} if args.results_root \
+            else {}
+        print(yaml.safe_dump(grid.config(args.variant, seed, **root).to_dict(), sort_keys=False),
+              end="")
         return {"done": [], "failed": []}
     if args.command == "train":
         return _train(args)
@@ -162,13 +188,66 @@ def _dispatch(args) -> dict:
                               jobs=args.jobs)
 
 
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (main thread; the trainer and the
+    pipeline handle both themselves while they run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(args, err: KeyboardInterrupt, argv: list[str]) -> str:
+    """The line of a command stopped by a signal: where its work stands and how to go on."""
+    if isinstance(err, Interrupted):
+        resume = ["pods", "train", args.config, args.run_dir, "--resume", *args.overrides]
+        return f"{err}: {shlex.join(resume)}"
+    if args.command == "train":
+        found = rundir.checkpoints(args.run_dir)
+        if found:
+            return (f"stopped at once; the run resumes from {str(found[-1])!r}: "
+                    f"{shlex.join(['pods', 'train', args.config, args.run_dir, '--resume'])}")
+        return "stopped before its first checkpoint; nothing to resume: run it again"
+    if args.command in ("run", "reproduce"):
+        return (f"stopped; `{shlex.join(['pods', *argv])}` again goes on (complete runs are "
+                "skipped, interrupted ones resume)")
+    return "stopped"
+
+
+def _stopped(args, out: dict, argv: list[str]) -> str:
+    """The line of a grid stopped by a signal: what was interrupted, what did not start."""
+    parts = [f"{len(out[key])} {what} ({', '.join(out[key])})"
+             for key, what in (("interrupted", "interrupted"), ("not_started", "not started"))
+             if out[key]]
+    return (f"pods {args.command}: stopped by {out['stopped_by']}: "
+            f"{'; '.join(parts) or 'every run had ended'}; `{shlex.join(['pods', *argv])}` "
+            "again resumes them")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
     notebook.kernel_environment()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():      # read by torch before it was set
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     try:
-        out = _dispatch(args)
+        with _sigterm_interrupts():
+            out = _dispatch(args)
+    except KeyboardInterrupt as err:
+        print(f"pods {args.command}: {_interrupted(args, err, argv)}", file=sys.stderr)
+        return _exit(args, 130)
+    except NoSpaceError as err:
+        print(f"pods {args.command}: error: {err}", file=sys.stderr)
+        return _exit(args, 1)
     except (ValueError, FileNotFoundError, OSError) as err:
         print(f"pods {args.command}: error: {err}", file=sys.stderr)
         return _exit(args, 2)
@@ -180,8 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     if out["failed"]:
         print(f"pods {args.command}: {len(out['failed'])} run(s) failed: "
               f"{', '.join(out['failed'])}", file=sys.stderr)
-        return 1
-    return _exit(args, 0)
+    if out.get("stopped_by"):
+        print(_stopped(args, out, argv), file=sys.stderr)
+        return 130
+    return 1 if out["failed"] else _exit(args, 0)
 
 
 def _exit(args, code: int) -> int:

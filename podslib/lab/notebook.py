@@ -1,32 +1,43 @@
 """Notebooks through papermill: run one with checked parameters, and the environment and
 configuration its kernel gets.
 
-`execute` checks the parameters against the notebook's `parameters` cell before a kernel starts
-(papermill would only warn about an unknown name). A notebook run by papermill directly checks
-what papermill injected itself, in its second cell (`check_injected_parameters`).
+`execute` checks the parameters against the notebook's `parameters` cell and the kernel name
+before a kernel starts (papermill would only warn about an unknown name). A notebook run by
+papermill directly checks what papermill injected itself, in its second cell
+(`check_injected_parameters`). Any failure of a run is a NotebookError: a failing cell, a kernel
+that died (killed as the out-of-memory killer does) or could not start. `stop_kernels` reaches
+the kernels this process runs notebooks in (each in its own process group, so a Ctrl-C at the
+terminal does not).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
-from podslib import rundir
+from podslib import files, rundir
 from podslib.config import Config
 from podslib.training.trainer import train
 
 
 class NotebookError(RuntimeError):
-    """A notebook cell failed; the message names the cell and its error."""
+    """A notebook failed: a cell's error, or its kernel died or could not start (cell None
+    when none ran); the message names the cell and the error."""
 
-    def __init__(self, notebook: Path, output: Path, ename: str, evalue: str, cell: int):
+    def __init__(self, notebook: Path, output: Path | None, ename: str, evalue: str,
+                 cell: int | None):
         self.notebook, self.output, self.ename, self.evalue, self.cell = (
             notebook, output, ename, evalue, cell)
-        super().__init__(f"{notebook.name} failed in cell {cell}: {ename}: {evalue} "
-                         f"(executed notebook: {output})")
+        where = f" in cell {cell}" if cell else ""
+        saved = f" (executed notebook: {output})" if output else ""
+        super().__init__(f"{notebook.name} failed{where}: {ename}: {evalue}{saved}")
 
 
 def default_kernel() -> str:
@@ -35,6 +46,119 @@ def default_kernel() -> str:
     from jupyter_client.kernelspec import find_kernel_specs
 
     return "pods-kit" if "pods-kit" in find_kernel_specs() else "python3"
+
+
+def check_kernel(kernel: str | None) -> str:
+    """The kernel to run notebooks in: `kernel`, which must be installed, or default_kernel()."""
+    from jupyter_client.kernelspec import find_kernel_specs
+
+    if kernel is None:
+        return default_kernel()
+    specs = find_kernel_specs()
+    if kernel not in specs:
+        raise ValueError(f"--kernel must be an installed Jupyter kernel ({', '.join(sorted(specs))}"
+                         f"; `jupyter kernelspec list` shows them); got {kernel!r}")
+    return kernel
+
+
+# ----------------------------------------------------------------------------------------------
+# the kernels this process runs notebooks in
+# ----------------------------------------------------------------------------------------------
+
+_LIVE: dict[int, dict[str, Any]] = {}   # thread id -> {"process": Popen, "stopped": bool}
+_LIVE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _kernel_manager_class() -> type:
+    """jupyter_client's AsyncKernelManager, recording its kernel's process in _LIVE under the
+    thread that started it (the thread running that notebook)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TrackedKernelManager(AsyncKernelManager):
+        async def _async_post_start_kernel(self, **kw: Any) -> None:
+            await super()._async_post_start_kernel(**kw)
+            with _LIVE_LOCK:
+                _LIVE[threading.get_ident()] = {"process": self.provisioner.process,
+                                                "stopped": False}
+
+    return TrackedKernelManager
+
+
+def stop_kernels(force: bool = False) -> int:
+    """Stop the kernels this process runs notebooks in: SIGTERM to each not yet asked (a training
+    run ends its step and writes a checkpoint; any other cell ends with its kernel), or with
+    `force` SIGKILL to every kernel's process group. Returns how many were signalled."""
+    with _LIVE_LOCK:
+        kernels = [k for k in _LIVE.values() if force or not k["stopped"]]
+        for kernel in kernels:
+            kernel["stopped"] = True
+    for kernel in kernels:
+        process = kernel["process"]
+        try:
+            if force:
+                os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+            else:
+                process.send_signal(signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass                                    # it has just ended
+    return len(kernels)
+
+
+def _kernel_failure(notebook: Path, output: Path, err: Exception, process: Any,
+                    made_folder: bool) -> NotebookError:
+    """The NotebookError of a notebook whose kernel died or could not start (`err`, not a cell's
+    error; `process`: the kernel's, None when it never started). An executed notebook in which
+    no cell ran holds nothing but its parameters: it is deleted (its folder too when
+    `made_folder` and empty)."""
+    from nbclient.exceptions import DeadKernelError
+
+    started = _cells_started(output)
+    if not started:
+        output.unlink(missing_ok=True)
+        if made_folder:
+            _rmdir_if_empty(output.parent)
+    saved = output if started else None
+    if process is None:
+        return NotebookError(notebook, None, type(err).__name__,
+                             f"the kernel could not start: {err}", None)
+    if not isinstance(err, DeadKernelError):
+        return NotebookError(notebook, saved, type(err).__name__, str(err), started or None)
+    code = process.poll()
+    how = f"exited with status {code}"
+    if code is not None and code < 0:
+        how = f"killed by {_signal_name(-code)}"
+        if -code == signal.SIGKILL:
+            how += ", as the out-of-memory killer does"
+    return NotebookError(notebook, saved, "DeadKernelError", f"the kernel died ({how})",
+                         started or None)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _cells_started(output: Path) -> int:
+    """How many code cells of the executed notebook `output` papermill started (0 when none, or
+    when it cannot be read): the number of the cell that was running when its kernel died.
+    papermill marks every cell 'completed' at the end; the start time tells those that ran."""
+    try:
+        cells = json.loads(output.read_text())["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(c.get("cell_type") == "code" and
+               c.get("metadata", {}).get("papermill", {}).get("start_time") is not None
+               for c in cells)
 
 
 def kernel_environment() -> None:
@@ -184,25 +308,41 @@ def _mapping_hint(value: Any) -> str:
 
 def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any],
             kernel: str | None = None, progress: bool = True) -> Path:
-    """Run `notebook` with `parameters` (checked first) via papermill, cwd = notebooks/, saving
-    the executed copy at `output` (a free name beside it if taken: nothing is overwritten).
-    A failing cell raises NotebookError with the cell's error. Returns the output path."""
+    """Run `notebook` with `parameters` (checked first, and the kernel name) via papermill, cwd =
+    notebooks/, saving the executed copy at `output` (a free name beside it if taken: nothing is
+    overwritten). A failing cell, a kernel that died or could not start raise NotebookError.
+    Returns the output path."""
     import papermill as pm
 
     notebook = Path(notebook)
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {str(notebook)!r} does not exist")
     check_parameters(notebook, parameters)
+    kernel = check_kernel(kernel)
     kernel_environment()
     output = rundir.fresh_path(output)
+    made_folder = not output.parent.exists()
     output.parent.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("papermill").setLevel(logging.CRITICAL)   # what fails is the NotebookError
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=parameters,
-                            kernel_name=kernel or default_kernel(), progress_bar=progress,
-                            cwd=str(notebook.parent), start_timeout=120,
-                            config=kernel_config())
+        with files.naming(output, "notebook"):
+            pm.execute_notebook(str(notebook), str(output), parameters=parameters,
+                                kernel_name=kernel, progress_bar=progress,
+                                cwd=str(notebook.parent), start_timeout=120,
+                                config=kernel_config(),
+                                kernel_manager_class=_kernel_manager_class())
     except pm.PapermillExecutionError as err:
         raise NotebookError(notebook, output, err.ename, err.evalue, err.exec_count) from err
+    except files.NoSpaceError as err:
+        raise NotebookError(notebook, output, type(err).__name__, str(err), None) from err
+    except Exception as err:                # the kernel died or could not start
+        with _LIVE_LOCK:
+            kernel_info = _LIVE.get(threading.get_ident())
+        raise _kernel_failure(notebook, output, err, kernel_info and kernel_info["process"],
+                              made_folder) from err
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.pop(threading.get_ident(), None)
     return output
 
 

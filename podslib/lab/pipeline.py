@@ -13,22 +13,33 @@ A grid file (configs/*.yaml) names an experiment, the seeds, the Config fields s
 Each (variant, seed) is one run: notebooks/03_train.ipynb executed by papermill, the executed
 notebook saved in its run folder results/<experiment>/<variant>-s<seed>/. Completed runs
 (summary.json present) are skipped; an interrupted run with the same config is resumed; a folder
-holding another experiment or another config is an error raised before anything runs. Nothing
-already written in a run folder is overwritten.
+holding another experiment, another config or files the kit did not write is an error raised
+before anything runs. Nothing already written in a run folder is overwritten.
+
+Stopping: the first SIGINT (Ctrl-C) or SIGTERM starts no new run and asks the running kernels
+to stop (`notebook.stop_kernels`): each training run ends its current step and writes a
+checkpoint, and `pods run` again resumes it exactly; a second SIGINT kills the kernels (their
+runs resume from their last checkpoint). A run that fails for a full disk also starts no new
+run.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from podslib import rundir
 from podslib.analysis import results as R
-from podslib.config import Config, load_yaml, merge, run_id
-from podslib.files import REPO
+from podslib.config import SEED_MAX, Config, load_yaml, merge, run_id
+from podslib.files import REPO, check_name
+from podslib.lab import notebook
 from podslib.lab.notebook import NotebookError, execute
 from podslib.training.warmstart import policy_path
 
@@ -95,16 +106,20 @@ class Grid:
         if seeds is not None:
             check_seeds(seeds, "--seeds")
         names = only or list(self.variants)
+        for v in names:
+            for s in seeds or self.seeds:
+                check_name(run_id(v, s), f"the run folder name of variant {v!r}, seed {s}")
         return [RunSpec(v, s, self.values(v, s)) for s in (seeds or self.seeds) for v in names]
 
 
 def check_seeds(seeds: Any, where: str) -> None:
-    """ValueError unless `seeds` is a non-empty list of distinct integers >= 0."""
+    """ValueError unless `seeds` is a non-empty list of distinct integers in [0, SEED_MAX]."""
     ok = (isinstance(seeds, list) and seeds and len(set(map(str, seeds))) == len(seeds)
-          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
+          and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= SEED_MAX
+                  for s in seeds))
     if not ok:
-        raise ValueError(f"{where} must be a non-empty list of distinct integers >= 0; "
-                         f"got {seeds!r}")
+        raise ValueError(f"{where} must be a non-empty list of distinct integers in [0, "
+                         f"{SEED_MAX}]; got {seeds!r}")
 
 
 def resolve_paths(values: dict[str, Any]) -> dict[str, Any]:
@@ -148,9 +163,7 @@ def load_grid(path: str | Path) -> Grid:
     path = Path(path)
     data = _read_grid_file(path)
     experiment = data.get("experiment")
-    if not isinstance(experiment, str) or not experiment or "/" in experiment:
-        raise ValueError(f"config file {str(path)!r}: experiment must be a folder name "
-                         f"(non-empty, no '/'); got {experiment!r}")
+    check_name(experiment, f"config file {str(path)!r}: experiment")
     seeds = data.get("seeds", [0])
     check_seeds(seeds, f"config file {str(path)!r}: seeds")
     base, variants = data.get("base") or {}, data.get("grid") or {}
@@ -165,11 +178,10 @@ def load_grid(path: str | Path) -> Grid:
                 {str(k): dict(v or {}) for k, v in variants.items()},
                 description=str(data.get("description", "")))
     for name in grid.variants:
-        if "/" in name:
-            raise ValueError(f"config file {str(path)!r}: variant names must not contain '/'; "
-                             f"got {name!r}")
+        check_name(name, f"config file {str(path)!r}: variant names")
         try:
             grid.config(name, grid.seeds[0])
+            grid.runs(only=[name])
         except ValueError as err:
             raise ValueError(f"config file {str(path)!r}, variant {name!r}: {err}") from err
     return grid
@@ -197,13 +209,17 @@ def _accuracy_note(run_dir: Path) -> str:
 
 def preflight(grid: Grid, specs: list[RunSpec], root: Path,
               overrides: dict[str, Any]) -> dict[str, str]:
-    """Check the experiment folder and every run folder before anything runs; returns each run's
-    state: 'complete', 'resume' (interrupted, same config) or 'new'. A folder of another
-    experiment, or a run folder holding another config, raises ValueError."""
+    """Check the experiment folder and every run folder before anything runs, then mark the
+    experiment folder (experiment.json); returns each run's state: 'complete', 'resume'
+    (interrupted, same config) or 'new'. A folder of another experiment, a run folder holding
+    another config or files the kit did not write, raises ValueError, writing nothing."""
+    rundir.claim_experiment(root / grid.experiment, grid.experiment, grid.source.name,
+                            check_only=True)
+    states = {spec.run_id: rundir.run_state(spec.config(**overrides),
+                                            root / grid.experiment / spec.run_id)
+              for spec in specs}
     rundir.claim_experiment(root / grid.experiment, grid.experiment, grid.source.name)
-    return {spec.run_id: rundir.run_state(spec.config(**overrides),
-                                          root / grid.experiment / spec.run_id)
-            for spec in specs}
+    return states
 
 
 def run_grid(config_file: str | Path, seeds: list[int] | None = None,
@@ -214,12 +230,15 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
     (seed-major order, so with 2 jobs the variants of one seed run side by side).
 
     The experiment folder is locked for the whole grid (a second runner stops at once).
-    Completed runs are skipped, failed ones reported (with the failing cell's error) while the
-    others go on. Returns {'done': [...], 'skipped': [...], 'failed': [...]} of run ids.
+    Completed runs are skipped, failed ones reported (with the failing cell's error, or how the
+    kernel died) while the others go on. A signal or a full disk starts no new run (see the
+    module docstring). Returns {'done', 'skipped', 'failed', 'interrupted', 'not_started'}: lists
+    of run ids, and 'stopped_by' (the signal's name) when a signal stopped the grid.
     """
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1; got {jobs!r}")
     grid = load_grid(config_file)
+    kernel = notebook.check_kernel(kernel)
     specs = grid.runs(seeds, only)
     first = next(iter(grid.variants))
     root = Path(results_root or grid.values(first, grid.seeds[0])["results_root"]).resolve()
@@ -230,7 +249,8 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
         if jobs > 1:
             prepare_models([s.config(**overrides) for s in specs
                             if states[s.run_id] != "complete"], progress)
-        out: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
+        out: dict[str, Any] = {"done": [], "skipped": [], "failed": [], "interrupted": [],
+                               "not_started": []}
         for spec in specs:
             if states[spec.run_id] == "complete":
                 log(f"[skip] {grid.experiment}/{spec.run_id}: complete (summary.json present)")
@@ -241,17 +261,82 @@ def run_grid(config_file: str | Path, seeds: list[int] | None = None,
     return out
 
 
+class _Signals:
+    """Counts SIGINT and SIGTERM while the block runs (handlers in the main thread only, where
+    Python runs them): `pods` waits on its notebooks and stops them itself (`_wait`)."""
+
+    def __init__(self):
+        self.count, self.signum, self.previous = 0, 0, {}
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self._handle)
+                             for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        self.signum = self.signum or signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+
+def _wait(futures: list[Future], signals: _Signals, log: Callable[[str], None]) -> None:
+    """Wait for `futures`, the notebooks' threads. After the first signal every running kernel
+    is asked to stop (those started since too), after a second one they are killed."""
+    told = 0
+    while wait(futures, timeout=0.2).not_done:
+        if signals.count and not told:
+            log(f"{signals.name}: no new run starts; the running ones stop after their current "
+                "step, with a checkpoint (Ctrl-C again to stop them at once)")
+        if signals.count:
+            notebook.stop_kernels(force=signals.count > 1)
+        told = signals.count
+
+
+def _in_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs) (a notebook) in a worker thread, this one waiting on it: a signal
+    stops the notebook's kernel (see `_wait`), then raises KeyboardInterrupt here."""
+    with _Signals() as signals, ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(fn, *args, **kwargs)
+        _wait([future], signals, lambda line: None)
+        if signals.count:
+            raise KeyboardInterrupt
+        return future.result()
+
+
+def _no_space(err: NotebookError) -> bool:
+    """The run failed writing to a full disk (a NoSpaceError naming the path, or an OS error)."""
+    return err.ename == "NoSpaceError" or "[Errno 28]" in err.evalue or \
+        "No space left on device" in err.evalue
+
+
+def _resume_point(run_dir: Path) -> str:
+    """How an interrupted run continues: from its latest checkpoint, or from the start."""
+    found = rundir.checkpoints(run_dir)
+    return f"resumes from checkpoints/{found[-1].name}" if found else "starts again from step 0"
+
+
 def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path,
              overrides: dict[str, Any], kernel: str | None, progress: bool, jobs: int,
-             out: dict[str, list[str]], log) -> None:
-    """Execute 03_train for every run of `todo`, `jobs` at a time, logging each end with ETA."""
-    from concurrent.futures import ThreadPoolExecutor
-
+             out: dict[str, Any], log) -> None:
+    """Execute 03_train for every run of `todo`, `jobs` at a time, logging each end with ETA;
+    after a signal or a full disk the runs not yet started are listed in out['not_started']."""
     start = time.perf_counter()
     ended = 0
+    no_space = threading.Event()
 
-    def one(spec: RunSpec) -> None:
+    def one(spec: RunSpec, signals: _Signals) -> None:
         nonlocal ended
+        if signals.count or no_space.is_set():
+            out["not_started"].append(spec.run_id)
+            return
         run_dir = root / grid.experiment / spec.run_id
         resume = states[spec.run_id] == "resume"
         log(f"[{grid.experiment}/{spec.run_id}] {'resuming' if resume else 'starting'}")
@@ -264,17 +349,32 @@ def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path
             out["done"].append(spec.run_id)
             status = "done" + _accuracy_note(run_dir)
         except NotebookError as err:
-            out["failed"].append(spec.run_id)
-            status = f"FAILED: {err}"
+            if signals.count and rundir.is_complete(run_dir):
+                out["done"].append(spec.run_id)
+                status = "done (complete before the stop)"
+            elif signals.count:
+                out["interrupted"].append(spec.run_id)
+                status = f"interrupted by {signals.name}; {_resume_point(run_dir)}"
+            else:
+                out["failed"].append(spec.run_id)
+                status = f"FAILED: {err}"
+                if _no_space(err) and not no_space.is_set():
+                    no_space.set()
+                    log("no space left on device: no new run starts; free some space, then "
+                        "`pods run` again resumes")
         ended += 1
         elapsed = time.perf_counter() - start
         eta = elapsed / ended * (len(todo) - ended)
         log(f"[{ended}/{len(todo)}] {spec.run_id}: {status} in "
             f"{_fmt(time.perf_counter() - t0)} (elapsed {_fmt(elapsed)}, ETA {_fmt(eta)})")
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for future in [pool.submit(one, spec) for spec in todo]:
+    with _Signals() as signals, ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(one, spec, signals) for spec in todo]
+        _wait(futures, signals, log)
+        for future in futures:
             future.result()
+    if signals.count:
+        out["stopped_by"] = signals.name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,8 +386,10 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
     """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
     executed notebook, figures/ and summary.{md,csv} are derived files and are replaced. Logs
     per variant the per-step and wall-clock speedups with their 95% intervals and verdicts."""
+    check_name(experiment, "experiment")
+    kernel = notebook.check_kernel(kernel)
     exp_dir = Path(results_root).resolve() / experiment
-    runs = rundir.find_runs(exp_dir)
+    runs = [run for run in rundir.find_runs(exp_dir) if _readable(run, log)]
     if not runs:
         raise FileNotFoundError(f"no runs under {str(exp_dir)!r}; run `pods run CONFIG` first")
     if not any(rundir.is_complete(r) for r in runs):
@@ -297,11 +399,52 @@ def report(experiment: str, results_root: str | Path = REPO / "results", kernel:
     rundir.check_writable(exp_dir, "results folder")
     output = exp_dir / "04_plots.ipynb"
     output.unlink(missing_ok=True)
-    path = execute(NOTEBOOKS / "04_plots.ipynb", output,
-                   {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
-                    "baseline": baseline}, kernel=kernel, progress=progress)
+    path = _in_worker(execute, NOTEBOOKS / "04_plots.ipynb", output,
+                      {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
+                       "baseline": baseline}, kernel=kernel, progress=progress)
     log(R.report_text(R.read_summary(exp_dir), experiment, baseline))
     return path
+
+
+# What `report_text` reads of a summary.csv: always, and with the baseline among the variants.
+SUMMARY_COLUMNS = {"variant": "text", "n": "number", "m": "number", "seeds": "number",
+                   "peak_acc": "number"}
+COMPARISON_COLUMNS = {f"{name}{suffix}": "text" if suffix == "_verdict" else "number"
+                      for name in ("speedup", "step_speedup", "equal_steps_speedup")
+                      for suffix in ("", "_ci_low", "_ci_high", "_verdict")} | {
+    f"peak_diff{suffix}": "number" for suffix in ("", "_ci_low", "_ci_high")}
+
+
+def summary_problem(exp_dir: Path, baseline: str) -> str:
+    """'' when exp_dir/summary.csv has the columns (and number columns) a summary the kit wrote
+    has, with `baseline` among its variants or not; else what is wrong with it."""
+    import pandas as pd
+
+    try:
+        table = R.read_summary(exp_dir)
+    except (OSError, ValueError) as err:                 # pandas' parse errors are ValueErrors
+        return str(err)
+    want = dict(SUMMARY_COLUMNS)
+    if "variant" in table.columns and baseline in set(table["variant"].astype(str)):
+        want |= COMPARISON_COLUMNS
+    missing = [c for c in want if c not in table.columns]
+    if missing:
+        return f"no column {', '.join(map(repr, missing))}"
+    wrong = [c for c, kind in want.items()
+             if kind == "number" and not pd.api.types.is_numeric_dtype(table[c])]
+    return f"column {', '.join(map(repr, wrong))} not numbers" if wrong else ""
+
+
+def _readable(run_dir: Path, log: Callable[[str], None]) -> bool:
+    """Whether the report can read `run_dir` (its config and logs); a damaged one is named in
+    one line and left out (04_plots leaves it out too)."""
+    try:
+        R.load_run(run_dir, "eval.jsonl")
+        R.load_run(run_dir, "metrics.jsonl")
+    except ValueError as err:
+        log(f"left out of the report (a damaged run): {err}")
+        return False
+    return True
 
 
 def prepare_models(configs: list[Config], progress: bool = True) -> list[str]:
@@ -327,9 +470,10 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
     Returns the grid outcome and the elapsed seconds."""
     start = time.perf_counter()
     grid = load_grid(config_file)
+    kernel = notebook.check_kernel(kernel)
     root = Path(results_root).resolve()
     exp_dir = root / grid.experiment
-    rundir.claim_experiment(exp_dir, grid.experiment, grid.source.name)
+    preflight(grid, grid.runs(), root, {"results_root": str(root)})
     first = grid.config(next(iter(grid.variants)), grid.seeds[0])
 
     def step(name: str) -> None:
@@ -343,23 +487,29 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
     if (rollouts / "rollouts.npz").exists():
         log(f"   [skip] {rollouts}/rollouts.npz exists")
     else:
-        execute(NOTEBOOKS / "01_rollouts.ipynb", rollouts / "01_rollouts.ipynb",
-                {"config_file": str(grid.source), "out_dir": str(rollouts)}, kernel, progress)
+        _in_worker(execute, NOTEBOOKS / "01_rollouts.ipynb", rollouts / "01_rollouts.ipynb",
+                   {"config_file": str(grid.source), "out_dir": str(rollouts)}, kernel, progress)
     step("02_downsampling: the rules on the saved rollouts")
     if (ablation / "02_downsampling.ipynb").exists():     # its tables may come with a clone
         log(f"   [skip] {ablation}/02_downsampling.ipynb exists")
     else:
-        execute(NOTEBOOKS / "02_downsampling.ipynb", ablation / "02_downsampling.ipynb",
-                {"rollouts_dir": str(rollouts), "out_dir": str(ablation)}, kernel, progress)
+        _in_worker(execute, NOTEBOOKS / "02_downsampling.ipynb", ablation / "02_downsampling.ipynb",
+                   {"rollouts_dir": str(rollouts), "out_dir": str(ablation)}, kernel, progress)
     step(f"training grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds")
     outcome = run_grid(config_file, results_root=root, kernel=kernel, progress=progress,
                        jobs=jobs, log=log)
+    if outcome.get("stopped_by"):
+        return {**outcome, "elapsed_s": time.perf_counter() - start}
     step("04_plots: figures and summary table")
     summary = exp_dir / "summary.md"
-    if summary.exists() and not outcome["done"]:
+    problem = summary_problem(exp_dir, "grpo") if summary.exists() else "no summary yet"
+    if not problem and not outcome["done"]:
         log(f"   [skip] no new runs since {summary} was written")
         log(R.report_text(R.read_summary(exp_dir), grid.experiment, "grpo"))
     else:
+        if summary.exists() and problem:
+            log(f"   {exp_dir / 'summary.csv'} is not the kit's summary ({problem}): "
+                "building the report again")
         report(grid.experiment, root, kernel=kernel, progress=progress, log=log)
     elapsed = time.perf_counter() - start
     log(f"== reproduce finished in {_fmt(elapsed)}; results in {exp_dir}")

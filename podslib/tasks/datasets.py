@@ -23,7 +23,7 @@ from pathlib import Path
 
 from podslib.files import read_jsonl
 from podslib.registry import Registry
-from podslib.tasks.grading import last_boxed
+from podslib.tasks.grading import last_boxed, normalize_number
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,32 @@ def make_arith(n: int, seed: int, steps: tuple[int, int] = (2, 3),
 # --------------------------------------------------------------------------- files and hub
 
 def _field(row: dict, name: str, where: str) -> str:
-    if not isinstance(row.get(name), str):
-        raise ValueError(f"{where}: missing text field {name!r} (fields: {sorted(row)})")  # noqa: TRY004
+    if name not in row:
+        raise ValueError(f"{where}: missing text field {name!r} (fields: {sorted(row)})")
+    if not isinstance(row[name], str):
+        raise ValueError(f"{where}: field {name!r} is not text: {row[name]!r} "  # noqa: TRY004
+                         f"({type(row[name]).__name__}); write it as a JSON string")
     return row[name]
+
+
+def _gold_problem(example: Example) -> str:
+    """What makes `example`'s gold answer one no completion can match, or ''."""
+    if not example.gold:
+        return "empty"
+    if example.task == "gsm8k" and normalize_number(example.gold) is None:
+        return "not a number"
+    return ""
+
+
+def _check_golds(examples: list[Example], task: str, split: str, where: str) -> None:
+    """ValueError naming the rows whose gold answer no completion can match (empty; for gsm8k,
+    not a number): such a problem would count as wrong whatever the model answers."""
+    bad = [(i, e.gold, problem) for i, e in enumerate(examples) if (problem := _gold_problem(e))]
+    if bad:
+        shown = ", ".join(f"row {i + 1} ({gold!r}: {problem})" for i, gold, problem in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise ValueError(f"{task} {split} data {where!r}: {len(bad)} of {len(examples)} gold "
+                         f"answers can never be matched: {shown}{more}; fix or remove those rows")
 
 
 def _to_example(row: dict, task: str, where: str, index: int) -> Example:
@@ -258,6 +281,7 @@ def _load_rows(task: str, split: str, source: str | None, limit: int | None, see
     if not rows:
         raise ValueError(f"{task} {split} data {where!r} holds no examples")
     examples = [_to_example(r, task, f"{where} (row {i + 1})", i) for i, r in enumerate(rows)]
+    _check_golds(examples, task, split, where)
     return _subsample(examples, limit, seed)
 
 

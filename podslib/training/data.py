@@ -7,6 +7,8 @@ single-process one, and every variant of one seed sees the same prompts.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,15 +32,26 @@ def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int 
                       operand_range=(tiny.operand_min, tiny.operand_max))
 
 
-def load_examples(cfg: Config, split: str) -> list[Example]:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_examples(cfg: Config, split: str, note: Callable[[str], None] = _stderr
+                  ) -> list[Example]:
     """The task's examples for `split` (train_size / test_size of them). Arith problems come from
-    a fixed seed, so every run of an experiment sees the same problems whatever cfg.seed."""
+    a fixed seed, so every run of an experiment sees the same problems whatever cfg.seed. A
+    test_size above the problems there are is said once (`note`): the evaluation uses them all."""
     limit = cfg.train_size if split == "train" else cfg.test_size
     if cfg.task == "arith":
-        return arith_examples(cfg.tiny, split, limit)
-    task = "math500" if cfg.task == "math" and split == "test" else cfg.task
-    source = cfg.train_source if split == "train" else cfg.test_source
-    return load_task(task, split, source=source, limit=limit, seed=0)
+        examples = arith_examples(cfg.tiny, split, limit)
+    else:
+        task = "math500" if cfg.task == "math" and split == "test" else cfg.task
+        source = cfg.train_source if split == "train" else cfg.test_source
+        examples = load_task(task, split, source=source, limit=limit, seed=0)
+    if split == "test" and limit is not None and len(examples) < limit:
+        note(f"note: test_size={limit} is more than the {len(examples)} test problems there are; "
+             f"the evaluation uses all {len(examples)}")
+    return examples
 
 
 def prompt_indices(start: int, count: int, n_prompts: int, seed: int) -> list[int]:
@@ -55,18 +68,31 @@ def prompt_indices(start: int, count: int, n_prompts: int, seed: int) -> list[in
 
 @dataclass
 class Data:
-    """Training prompts (rendered, long ones dropped) and test problems."""
+    """Training prompts (rendered, long ones dropped) and test problems (long ones dropped)."""
 
     prompts: list[str]
     golds: list[str]
     test_examples: list[Example]
     n_dropped: int
+    n_test_dropped: int = 0
 
 
-def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]) -> Data:
-    """The training prompts (those within max_prompt_tokens) and the test problems."""
+def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example],
+               note: Callable[[str], None] = _stderr) -> Data:
+    """The training prompts and the test problems whose prompts fit max_prompt_tokens. Dropped
+    test problems are counted in a `note` (accuracy is over the others); none left of either
+    split is a ValueError."""
     prompts, kept, n_dropped = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
     if not prompts:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
                          "training prompts; raise it")
-    return Data(prompts, [e.gold for e in kept], test, n_dropped)
+    _, test_kept, n_test_dropped = build_prompts(test, cfg.template, tokenizer,
+                                                 cfg.max_prompt_tokens)
+    if not test_kept:
+        raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(test)} test "
+                         "problems; raise it")
+    if n_test_dropped:
+        note(f"warning: max_prompt_tokens={cfg.max_prompt_tokens} drops {n_test_dropped} of "
+             f"{len(test)} test problems (prompts too long); test accuracy is over the other "
+             f"{len(test_kept)}")
+    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped)

@@ -7,6 +7,11 @@ metrics.jsonl (one line per step), eval.jsonl, checkpoints/ and summary.json; ch
 written at step boundaries with every RNG state, so a resumed run repeats the uninterrupted one
 exactly.
 
+Stopping: while the loop runs, SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM (`kill`,
+`pods run` stopping its kernels) ask the run to stop at the next step boundary: it writes a
+checkpoint there and raises `Interrupted`, and resuming repeats the uninterrupted run. A second
+SIGINT stops at once (KeyboardInterrupt); the run then resumes from its last checkpoint.
+
 Scale-out (`podslib.training.distributed`): `torchrun --nproc_per_node K -m podslib train CONFIG
 RUN_DIR` runs K data-parallel ranks. With sharding 'fsdp' the update runs on FSDP2 shards: every
 rank runs as many micro-batches as the busiest one, the engine samples from an unsharded copy
@@ -18,8 +23,10 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +57,50 @@ from podslib.training.update import optimizer_and_scheduler, update
 from podslib.training.warmstart import policy_path
 
 EVAL_KEYS = ("step", "train_time_s", "accuracy", "n_problems", "repeats", "greedy", "eval_s")
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal at a step boundary, after writing a checkpoint: it resumes
+    from there (`resume=True`, `--resume`, `pods run` again) exactly."""
+
+    def __init__(self, run_dir: Path, step: int, signum: int):
+        self.run_dir, self.step, self.signum = run_dir, step, signum
+        super().__init__(f"run {str(run_dir)!r} stopped by {signal.Signals(signum).name} at "
+                         f"step {step}, checkpoint written; resuming continues it exactly")
+
+
+@dataclass
+class StopRequest:
+    """The signal that asked the run to stop (0: none yet)."""
+
+    signum: int = 0
+
+
+@contextmanager
+def stop_on_signals(quiet: bool = False):
+    """While the block runs, SIGINT and SIGTERM set the yielded StopRequest (the loop stops at
+    its next step boundary) instead of stopping the process; a SIGINT after that raises
+    KeyboardInterrupt at once. Python handles signals in the main thread only: elsewhere the
+    request stays empty and signals act as before."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not stop.signum and not quiet:
+            rundir.warn(f"{signal.Signals(signum).name}: the run stops after this step, with a "
+                        "checkpoint (Ctrl-C again to stop at once, without one)")
+        stop.signum = stop.signum or signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -124,7 +175,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
                          f"({world}); got {cfg.prompts_per_step}")
     rundir.check_run_dir(cfg, run_dir, resume)
     check_packages(cfg)
-    examples = load_examples(cfg, "train"), load_examples(cfg, "test")  # empty files fail here
+    note = rundir.warn if D.DistInfo.from_env().is_main else _quiet
+    examples = load_examples(cfg, "train", note), load_examples(cfg, "test", note)  # empty: fail
     info, device = D.setup(cfg.device)
     try:
         with rundir.locked(run_dir, "run folder") if info.is_main else nullcontext():
@@ -150,7 +202,8 @@ class Trainer:
             hf_logging.disable_progress_bar()          # its model-loading bars too
         seed_everything(cfg.seed)
         self.model = build_model(cfg, info, device, progress)
-        self.data = build_data(cfg, self.model.tokenizer, *examples)
+        self.data = build_data(cfg, self.model.tokenizer, *examples,
+                               note=rundir.warn if info.is_main else _quiet)
         self.engine = make_engine(cfg.engine, model_path=self.model.path,
                                   policy=self.model.rollout_policy, tokenizer=self.model.tokenizer,
                                   device=device, dtype=cfg.dtype, seed=cfg.seed,
@@ -231,14 +284,17 @@ class Trainer:
         if self.info.is_main or D.is_sharded(policy):           # gathering shards is collective
             trainable = D.gathered_trainable(policy)
             if self.info.is_main:
-                rundir.save_best(self.run_dir, trainable, {"step": self.state.step,
-                                                           "accuracy": self.state.best_accuracy})
+                rundir.save_best(self.run_dir, trainable, {
+                    "step": self.state.step, "accuracy": self.state.best_accuracy,
+                    "train_time_s": self.state.train_time_s})
         D.barrier()
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, reschedule: bool = True) -> None:
+        """Write checkpoints/step-XXXXXX; `reschedule` moves the next time-based one on (a stop's
+        checkpoint does not, so a resumed run keeps the uninterrupted one's schedule)."""
         s = self.state
         s.last_ckpt_step = s.step
-        if self.cfg.checkpoint_every_s:
+        if self.cfg.checkpoint_every_s and reschedule:
             s.next_ckpt_s = s.train_time_s + self.cfg.checkpoint_every_s
         s.wall_s = time.time() - self.wall_start
         policy = self.model.policy
@@ -252,6 +308,9 @@ class Trainer:
     def restore(self) -> int:
         """Continue from the newest valid checkpoint; log lines past it are set aside. Returns
         the restored step (-1 without a checkpoint)."""
+        if self.info.is_main:
+            rundir.remove_temporaries(self.run_dir)        # of a writer killed mid-checkpoint
+        D.barrier()
         folder = rundir.latest_valid_checkpoint(self.run_dir,
                                                 warn=rundir.warn if self.info.is_main else _quiet)
         if folder is not None:
@@ -268,9 +327,25 @@ class Trainer:
         D.barrier()
         return last
 
+    def stop_if_asked(self, stop: StopRequest) -> None:
+        """At a step boundary: when a signal asked any rank to stop, write a checkpoint here
+        (unless there is one) and raise Interrupted."""
+        signum = int(D.all_reduce_max(float(stop.signum)))
+        if not signum:
+            return
+        s = self.state
+        if s.last_ckpt_step != s.step or not rundir.checkpoints(self.run_dir):
+            self.checkpoint(reschedule=False)
+        raise Interrupted(self.run_dir, s.step, signum)
+
     def run(self, resume: bool) -> dict:
         """The loop: evaluate at step 0, then step until the budget is spent, evaluating and
-        checkpointing on schedule; a final evaluation and checkpoint; the summary."""
+        checkpointing on schedule; a final evaluation and checkpoint; the summary. A signal
+        stops it at a step boundary (see `stop_on_signals`)."""
+        with stop_on_signals(quiet=not self.info.is_main) as stop:
+            return self._run(resume, stop)
+
+    def _run(self, resume: bool, stop: StopRequest) -> dict:
         cfg = self.cfg
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -282,9 +357,11 @@ class Trainer:
         self.wall_start = time.time() - s.wall_s
         bar = TrainingBar(cfg, self.run_dir.name, s, enabled=self.progress and self.info.is_main)
         try:
+            self.stop_if_asked(stop)
             if s.last_eval_step < 0:
                 bar.accuracy(self.run_eval()["accuracy"])
             while self.budget_left():
+                self.stop_if_asked(stop)
                 record = self.step()
                 s.step += 1
                 s.train_time_s += D.all_reduce_max(sum(v for k, v in record.items()
@@ -317,6 +394,7 @@ class Trainer:
             "run_dir": str(self.run_dir), "model_path": self.model.path,
             "steps": self.state.step, "train_time_s": self.state.train_time_s,
             "wall_s": time.time() - self.wall_start, "prompts_dropped": self.data.n_dropped,
+            "test_problems_dropped": self.data.n_test_dropped,
             "base_accuracy": accuracies[0] if evals else None,
             "final_accuracy": accuracies[-1] if evals else None,
             "best_accuracy": max(accuracies) if evals else None,
@@ -341,7 +419,7 @@ def evaluate_checkpoint(run_dir: str | Path, which: str = "best", **overrides: A
     if folder is None:
         raise ValueError(f"run folder {str(run_dir)!r} has no checkpoint")
     saved = rundir.load_checkpoint_files(folder)
-    examples = load_examples(cfg, "train"), load_examples(cfg, "test")
+    examples = load_examples(cfg, "train", rundir.warn), load_examples(cfg, "test", rundir.warn)
     info, device = D.setup(cfg.device)
     try:
         trainer = Trainer(cfg, run_dir, info, device, False, examples)
@@ -349,11 +427,22 @@ def evaluate_checkpoint(run_dir: str | Path, which: str = "best", **overrides: A
             D.load_state(trainer.model.policy, None, saved["trainable"], None)
             sync(trainer.engine, trainer.model.policy, trainer.model.rollout_policy)
             trainer.state.step = saved["state"]["step"]
+            trainer.state.train_time_s = _train_time(run_dir, saved["state"])
             return {**trainer.evaluate(), "checkpoint": str(folder)}
         finally:
             trainer.engine.close()
     finally:
         D.teardown()
+
+
+def _train_time(run_dir: Path, state: dict) -> float | None:
+    """The training clock of a checkpoint's state: its own, or (a best checkpoint written before
+    it was recorded) that of the evaluation log's record of its step; None when unknown."""
+    if "train_time_s" in state:
+        return state["train_time_s"]
+    times = [r.get("train_time_s") for r in rundir.read_log(run_dir / "eval.jsonl")
+             if r.get("step") == state["step"]]
+    return times[-1] if times else None
 
 
 def _quiet(*args, **kwargs) -> None:
