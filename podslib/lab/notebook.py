@@ -124,13 +124,13 @@ def _kernel_failure(notebook: Path, output: Path, err: Exception, process: Any,
                              f"the kernel could not start: {err}", None)
     if not isinstance(err, DeadKernelError):
         return NotebookError(notebook, saved, type(err).__name__, str(err), started or None)
-    code = process.poll()
-    how = f"exited with status {code}"
-    if code is not None and code < 0:
-        how = f"killed by {_signal_name(-code)}"
-        if -code == signal.SIGKILL:
-            how += ", as the out-of-memory killer does"
-    return NotebookError(notebook, saved, "DeadKernelError", f"the kernel died ({how})",
+    code, how = process.poll(), ""
+    if code is not None and code >= 0:
+        how = f" (exited with status {code})"
+    elif code is not None:
+        oom = ", as the out-of-memory killer does" if -code == signal.SIGKILL else ""
+        how = f" (killed by {_signal_name(-code)}{oom})"
+    return NotebookError(notebook, saved, "DeadKernelError", f"the kernel died{how}",
                          started or None)
 
 
@@ -323,7 +323,9 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     output = rundir.fresh_path(output)
     made_folder = not output.parent.exists()
     output.parent.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("papermill").setLevel(logging.CRITICAL)   # what fails is the NotebookError
+    # papermill's logger (nbclient logs through it) would add a line such as "Kernel died while
+    # waiting for execute reply." to the NotebookError that says it.
+    logging.getLogger("papermill").setLevel(logging.CRITICAL)
     try:
         with files.naming(output, "notebook"):
             pm.execute_notebook(str(notebook), str(output), parameters=parameters,

@@ -341,6 +341,7 @@ def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path
         resume = states[spec.run_id] == "resume"
         log(f"[{grid.experiment}/{spec.run_id}] {'resuming' if resume else 'starting'}")
         t0 = time.perf_counter()
+        disk_full = False
         try:
             execute(NOTEBOOKS / "03_train.ipynb", run_dir / "03_train.ipynb",
                     {"config_file": str(grid.source), "variant": spec.variant,
@@ -357,16 +358,16 @@ def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path
                 status = f"interrupted by {signals.name}; {_resume_point(run_dir)}"
             else:
                 out["failed"].append(spec.run_id)
-                status = f"FAILED: {err}"
-                if _no_space(err) and not no_space.is_set():
-                    no_space.set()
-                    log("no space left on device: no new run starts; free some space, then "
-                        "`pods run` again resumes")
+                status, disk_full = f"FAILED: {err}", _no_space(err)
         ended += 1
         elapsed = time.perf_counter() - start
         eta = elapsed / ended * (len(todo) - ended)
         log(f"[{ended}/{len(todo)}] {spec.run_id}: {status} in "
             f"{_fmt(time.perf_counter() - t0)} (elapsed {_fmt(elapsed)}, ETA {_fmt(eta)})")
+        if disk_full and not no_space.is_set():
+            no_space.set()
+            log("no space left on device: no new run starts; free some space, then `pods run` "
+                "again resumes")
 
     with _Signals() as signals, ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(one, spec, signals) for spec in todo]
