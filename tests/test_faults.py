@@ -361,7 +361,11 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmp_path, capsys, monkeypat
 
 def test_a_full_disk_in_logs_and_reports_names_the_path(tmp_path, monkeypatch):
     """Item 5: `[Errno 28] No space left on device` named no file. A log line (/dev/full: every
-    write fails with ENOSPC) and a whole-file write name their path."""
+    write fails with ENOSPC), a figure and a whole-file write name their path."""
+    import matplotlib.pyplot as plt
+
+    from podslib.analysis import plots
+
     with pytest.raises(files.NoSpaceError, match=re.escape(
             "[Errno 28] no space left on device writing '/dev/full'")):
         files.append_jsonl("/dev/full", {"step": 1})
@@ -369,6 +373,10 @@ def test_a_full_disk_in_logs_and_reports_names_the_path(tmp_path, monkeypatch):
     def full(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setattr(plt.Figure, "savefig", full)
+    with pytest.raises(files.NoSpaceError, match=re.escape(
+            f"[Errno 28] no space left on device writing figure {str(tmp_path / 'a.png')!r}")):
+        plots.save(plt.figure(), tmp_path / "a.png")
     monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(files.NoSpaceError, match=re.escape(
             f"[Errno 28] no space left on device writing {str(tmp_path / 'summary.md')!r}")):

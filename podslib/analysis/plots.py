@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import PercentFormatter
 
+from podslib.files import naming
+
 PHASE_LABELS = {"t_generate": "generate", "t_score": "score", "t_select": "select",
                 "t_update": "update", "t_sync": "sync"}
 BANDS = {"std": "mean ± std over seeds", "sem": "mean ± sem over seeds",
@@ -46,7 +48,8 @@ def save(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        with naming(path, "figure"):                  # a full disk: the line names the file
+            fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
 
