@@ -156,6 +156,24 @@ def test_ctrl_c_on_pods_train_is_one_line_and_resumes_exactly(straight, tmp_path
         assert records(run / log) == records(uninterrupted / log), log
 
 
+def test_the_first_signal_asks_for_a_stop_and_a_second_ctrl_c_stops_at_once(capsys):
+    """The trainer's handlers: the first SIGINT or SIGTERM is recorded (the loop stops at its
+    next step boundary) and said once; later SIGTERMs (torchrun and schedulers follow Ctrl-C
+    with one) change nothing; a second SIGINT raises KeyboardInterrupt; the handlers before
+    the block are back after it."""
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with T.stop_on_signals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert capsys.readouterr().err.splitlines() == [
+        ("SIGTERM: the run stops after this step, with a checkpoint (Ctrl-C again to stop at "
+        "once, without one)")]
+
+
 def test_a_signal_outside_the_loop_is_one_line(tmp_path, capsys, monkeypatch):
     """Ctrl-C before training starts (loading data here): one line, exit 130, nothing to
     resume, nothing written."""
@@ -820,3 +838,18 @@ def test_notebook_kernels_are_stopped_only_once_each():
         assert one.sent == [signal.SIGTERM]
     finally:
         notebook._LIVE.pop(-1)
+
+
+def test_the_papermill_section_says_what_pods_sets_for_its_kernels(monkeypatch):
+    """Also: papermill called directly warns about unencrypted TCP and gives a traceback for
+    `-k nosuchkernel`; the kit's way is documented, with the environment `pods` gives its
+    kernels (what `kernel_environment` sets, named as it sets it)."""
+    names = ("VLLM_ENABLE_V1_MULTIPROCESSING", "TORCH_CPP_LOG_LEVEL", "OMP_NUM_THREADS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    notebook.kernel_environment()
+    text = " ".join((pipeline.REPO / "docs" / "troubleshooting.md").read_text().split())
+    assert "Kernel is running over TCP without encryption" in text and "NoSuchKernel" in text
+    for name in names:
+        if name in os.environ:
+            assert f"`{name}={os.environ[name]}`" in text, name
