@@ -295,6 +295,9 @@ def _wait(futures: list[Future], signals: _Signals, log: Callable[[str], None]) 
         if signals.count and not told:
             log(f"{signals.name}: no new run starts; the running ones stop after their current "
                 "step, with a checkpoint (Ctrl-C again to stop them at once)")
+        if signals.count > 1 and told < 2:
+            log("stopping the running kernels at once: their runs resume from their last "
+                "checkpoint")
         if signals.count:
             notebook.stop_kernels(force=signals.count > 1)
         told = signals.count
