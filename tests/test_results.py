@@ -410,7 +410,7 @@ def test_the_main_baseline_is_kept_and_others_are_added(tmp_path):
     """No summary yet: the requested baseline (else grpo) is the main one. Once summary.csv
     names one, it stays the main one and another requested baseline, like every
     summary_vs_*.csv already written, is compared beside it. A summary from before the
-    baseline column counts as none."""
+    baseline column names it by its row's 'baseline' verdicts; one without speedups, none."""
     assert pipeline.baselines(tmp_path, None) == ("grpo", [])
     assert pipeline.baselines(tmp_path, "lr5e-5") == ("lr5e-5", [])
     pd.DataFrame({"baseline": ["lr5e-5", "lr5e-5"], "variant": ["a", "b"]}).to_csv(
@@ -419,6 +419,9 @@ def test_the_main_baseline_is_kept_and_others_are_added(tmp_path):
     assert pipeline.baselines(tmp_path, "lr5e-5") == ("lr5e-5", [])
     (tmp_path / "summary_vs_max_reward.csv").write_text("")
     assert pipeline.baselines(tmp_path, "random") == ("lr5e-5", ["max_reward", "random"])
+    pd.DataFrame({"variant": ["a", "b"], "speedup_verdict": ["faster", "baseline"]}).to_csv(
+        tmp_path / "summary.csv", index=False)                    # before the baseline column
+    assert pipeline.baselines(tmp_path, "random") == ("b", ["max_reward", "random"])
     pd.DataFrame({"variant": ["a"]}).to_csv(tmp_path / "summary.csv", index=False)
     assert pipeline.baselines(tmp_path, "random") == ("random", ["max_reward"])
 

@@ -293,11 +293,17 @@ def experiments(root: str | Path) -> list[str]:
 
 def baselines(exp_dir: Path, requested: str | None) -> tuple[str, list[str]]:
     """The baseline of an experiment's main summary (summary.md) and the others it is compared
-    to (summary_vs_<name>.md). The main one is the one its summary.csv names; without one (no
-    summary yet), `requested` or 'grpo'. The others: those already written, and `requested`
-    when it is not the main one."""
+    to (summary_vs_<name>.md). The main one is the one its summary.csv names (column baseline,
+    or in an older summary the row whose verdicts say 'baseline'); without one (no summary yet,
+    or one without a baseline), `requested` or 'grpo'. The others: those already written, and
+    `requested` when it is not the main one."""
     table = R.read_summary(exp_dir) if (exp_dir / "summary.csv").is_file() else pd.DataFrame()
-    stored = table["baseline"].dropna() if "baseline" in table.columns else []
+    if "baseline" in table.columns:
+        stored = table["baseline"].dropna()
+    elif "speedup_verdict" in table.columns:
+        stored = table.loc[table["speedup_verdict"] == "baseline", "variant"]
+    else:
+        stored = []
     main = (stored.iloc[0] if len(stored) else "") or requested or "grpo"
     others = {p.name.removeprefix("summary_vs_").removesuffix(".csv")
               for p in exp_dir.glob("summary_vs_*.csv")}
