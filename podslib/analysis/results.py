@@ -151,10 +151,10 @@ def record_bytes(runs: list[Path]) -> bytes:
     """The record of `runs` (run folders) as gzip CSV bytes, the same for the same runs: rows by
     variant (n, then m descending, then name), seed, kind (eval, step) and step; columns the run
     columns, then the logs' keys in the order they first appear; no time stamp in the gzip."""
-    rows = record_rows(runs)
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    rows.sort(key=lambda r: (r["n"], -r["m"], r["variant"], r["seed"], r["record"] == "step",
-                             r.get("step", 0)))
+    rows = sorted(record_rows(runs), key=lambda r: (r["n"], -r["m"], r["variant"], r["seed"],
+                                                    r["record"] == "step", r.get("step", 0)))
+    columns = list(dict.fromkeys(["record", *RUN_COLUMNS, *RUN_CONFIG,
+                                  *(k for row in rows for k in row)]))
     text = io.StringIO()
     table = pd.DataFrame({c: _cells(c, [r.get(c) for r in rows]) for c in columns})
     table.to_csv(text, index=False, lineterminator="\n")
