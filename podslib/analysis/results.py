@@ -481,7 +481,8 @@ def verdict_words(row: pd.Series) -> str:
     step = _reach(row, "step_speedup", f"{base}'s level", f"its {row['steps']:.0f} steps")
     wall = _reach(row, "speedup", "it", "its training time")
     value, verdict = row["equal_steps_speedup"], row["equal_steps_speedup_verdict"]
-    at_equal = ("never at its level" if not value > 0 else
+    at_equal = (f"it did not reach {base}'s level there (at most "
+                f"{row['equal_steps_speedup_at_most']:.2f}x)" if not value > 0 else
                 f"{value:.2f}x faster" if verdict == "faster" else
                 f"slower ({value:.2f}x)" if verdict == "slower" else
                 f"not distinguishable ({value:.2f}x)")
