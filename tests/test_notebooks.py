@@ -171,7 +171,11 @@ def test_plots_notebook_through_pods_report(tmp_path, capsys):
     assert set(made) == {"summary.md", "summary.csv"} | {f"figures/{name}.png" for name in (
         "accuracy_vs_time", "accuracy_vs_step", "peak_accuracy", "final_accuracy", "step_time",
         "cost_regime")}
-    assert (exp / "04_plots.ipynb").exists() and (exp / "runs.csv.gz").exists()
+    assert (exp / "runs.csv.gz").exists()
+    executed = nbformat.read(exp / "04_plots.ipynb", as_version=4)     # the kernel shows each
+    shown = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+             if "image/png" in o.get("data", {})]
+    assert len(shown) == 6
 
     clone = tmp_path / "clone" / "synth"
     clone.mkdir(parents=True)

@@ -65,11 +65,16 @@ def variant_styles(variants, baseline: str | None = None) -> dict[str, dict[str,
 
 
 def _styled(fn):
-    """Run a figure function under matplotlib's default style (module docstring)."""
+    """Run a figure function under matplotlib's default style (module docstring). Leaving the
+    style restores every setting but interactive mode, which a kernel turns on when its first
+    figure starts the inline backend (restored, the kernel would stop showing figures)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with plt.style.context("default"):
-            return fn(*args, **kwargs)
+            fig = fn(*args, **kwargs)
+            interactive = matplotlib.is_interactive()
+        matplotlib.interactive(interactive)
+        return fig
     return wrapper
 
 
