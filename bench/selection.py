@@ -1,22 +1,30 @@
 """Selection benchmark: batched O(n log n) max-variance vs the official per-group loop vs brute force.
 
-Run: `make bench` (or `.venv/bin/python bench/selection.py`). Prints medians over REPEATS runs of
+Run: `make bench` (or `.venv/bin/python bench/selection.py [--repeats 15]`), on an otherwise idle
+machine; writes results/bench/selection.{json,md}. One CPU thread; each repeat times every
+method once, in turn (interleaved, so that a change of the machine's load hits all alike):
     batched   podslib.core.selection.select on [G, n] -> m in one call
     loop      per group: sort, then recompute `.var()` for each of the m + 1 candidates k (the
               official PODS code's method), in a Python loop over groups
-    brute     all C(n, m) subsets per group at small n (per group)
-and the loop / batched ratio (target >= 50x at [1024, 64] -> 16).
+    brute     all C(n, m) subsets per group at small n (per group), with batched at that size
+Reported: the median ms per call of each, and the ratio loop / batched of each repeat (median,
+min and max; target >= 50x at [1024, 64] -> 16).
 """
 
+import argparse
 import itertools
+import json
+import os
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from podslib.core.selection import select
+from podslib.files import REPO, atomic_write
 
-REPEATS = 7
+REPEATS = 15
 G, N, M = 1024, 64, 16
 BRUTE_G, BRUTE_N, BRUTE_M = 32, 12, 4
 
@@ -46,36 +54,71 @@ def brute_force(rewards: torch.Tensor, m: int) -> torch.Tensor:
     return torch.stack([row[combos].var(dim=1).max() for row in rewards])
 
 
-def median_seconds(fn, repeats: int = REPEATS) -> float:
-    """Median wall time of fn() over `repeats` runs (after one warm-up)."""
+def seconds(fn) -> float:
+    """Wall time of one call of fn()."""
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return time.perf_counter() - start
 
 
-def main() -> None:
+def measure(repeats: int = REPEATS) -> dict:
+    """Every method timed once per repeat, in turn, after one warm-up call each: the per-call
+    seconds of each repeat, their medians and the per-repeat ratios."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    rewards = torch.rand(G, N)
-    small = torch.rand(BRUTE_G, BRUTE_N)
-    batched = median_seconds(lambda: select(rewards, M))
-    loop = median_seconds(lambda: loop_reference(rewards, M))
-    brute = median_seconds(lambda: brute_force(small, BRUTE_M))
-    batched_small = median_seconds(lambda: select(small, BRUTE_M))
-    print(
-        f"selection benchmark: medians of {REPEATS} runs, 1 CPU thread, torch {torch.__version__}"
-    )
-    print(f"batched max_variance [{G}, {N}] -> {M}: {batched * 1e3:9.3f} ms")
-    print(f"per-group loop (.var() per k)  [{G}, {N}] -> {M}: {loop * 1e3:9.3f} ms")
-    print(f"loop / batched: {loop / batched:.1f}x (target >= 50x)")
-    print(
-        f"brute force [{BRUTE_G}, {BRUTE_N}] -> {BRUTE_M}: {brute / BRUTE_G * 1e6:9.1f} us per group"
-        f" (batched at that size: {batched_small / BRUTE_G * 1e6:.2f} us per group)"
-    )
+    rewards, small = torch.rand(G, N), torch.rand(BRUTE_G, BRUTE_N)
+    methods = {"batched": lambda: select(rewards, M),
+               "loop": lambda: loop_reference(rewards, M),
+               "brute": lambda: brute_force(small, BRUTE_M),
+               "batched_small": lambda: select(small, BRUTE_M)}
+    for fn in methods.values():
+        fn()
+    times = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, fn in methods.items():
+            times[name].append(seconds(fn))
+    ratios = [loop / batched for loop, batched in zip(times["loop"], times["batched"],
+                                                      strict=True)]
+    return {"torch": torch.__version__, "threads": 1, "repeats": repeats,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count(),
+            "size": [G, N, M], "brute_size": [BRUTE_G, BRUTE_N, BRUTE_M],
+            "seconds": times,
+            "median_ms": {name: 1e3 * statistics.median(t) for name, t in times.items()},
+            "loop_over_batched": {"median": statistics.median(ratios), "min": min(ratios),
+                                  "max": max(ratios)}}
+
+
+def markdown(r: dict) -> str:
+    ms, ratio = r["median_ms"], r["loop_over_batched"]
+    per_group = {k: 1e3 * ms[k] / BRUTE_G for k in ("brute", "batched_small")}
+    return (f"Selection of m of n by maximum variance, 1 CPU thread, torch {r['torch']}, "
+            f"{r['repeats']} interleaved repeats ({r['started']}, {r['cpus']} CPUs; "
+            "`python bench/selection.py`)\n\n"
+            "| method | size | ms per call (median) |\n|---|---|---|\n"
+            f"| batched `select` (podslib) | [{G}, {N}] -> {M} | {ms['batched']:.2f} |\n"
+            f"| per-group loop, `.var()` per candidate (official code) | [{G}, {N}] -> {M} | "
+            f"{ms['loop']:.1f} |\n"
+            f"| brute force over all C({BRUTE_N}, {BRUTE_M}) subsets | [{BRUTE_G}, {BRUTE_N}] -> "
+            f"{BRUTE_M} | {ms['brute']:.1f} ({per_group['brute']:.0f} us per group) |\n"
+            f"| batched `select` (podslib) | [{BRUTE_G}, {BRUTE_N}] -> {BRUTE_M} | "
+            f"{ms['batched_small']:.3f} ({per_group['batched_small']:.2f} us per group) |\n\n"
+            f"Per-group loop / batched at [{G}, {N}] -> {M}: {ratio['median']:.0f}x (median of "
+            f"the repeats' ratios; range {ratio['min']:.0f}-{ratio['max']:.0f}x; target >= "
+            "50x).\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--out", default=str(REPO / "results" / "bench"))
+    args = parser.parse_args(argv)
+    result = measure(args.repeats)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "selection.json", json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    atomic_write(out / "selection.md", text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def main() -> None:
 
 
 def write(result: dict, out: Path) -> None:
+    """results/bench/step_cost.{json,md}, each written atomically."""
+    from podslib.files import atomic_write
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "step_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write(out / "step_cost.json", json.dumps(result, indent=2) + "\n")
     lines = [("| engine | c = PODS / GRPO (median) | per repeat | GRPO s/step (gen + upd) "
               "| PODS s/step (gen + upd) |"), "|---|---|---|---|---|"]
     for engine, r in result["engines"].items():
@@ -102,10 +105,10 @@ def write(result: dict, out: Path) -> None:
         lines.append(f"| {engine} | {r['c_median']:.2f} | {each} | "
                      f"{g['step']:.3f} ({g['t_generate']:.3f} + {g['t_update']:.3f}) | "
                      f"{p['step']:.3f} ({p['t_generate']:.3f} + {p['t_update']:.3f}) |")
-    (out / "step_cost.md").write_text(
-        f"Step-cost ratio on the tiny default, GRPO 4/4 vs PODS 16/4 side by side, one thread "
-        f"each, median over steps {result['skip'] + 1}-{result['steps']} ({result['started']}, "
-        f"{result['cpus']} CPUs; bench/step_cost.py)\n\n" + "\n".join(lines) + "\n")
+    head = (f"Step-cost ratio on the tiny default, GRPO 4/4 vs PODS 16/4 side by side, one "
+            f"thread each, median over steps {result['skip'] + 1}-{result['steps']} "
+            f"({result['started']}, {result['cpus']} CPUs; bench/step_cost.py)\n\n")
+    atomic_write(out / "step_cost.md", head + "\n".join(lines) + "\n")
     print((out / "step_cost.md").read_text())
 
 

@@ -3,6 +3,7 @@
 overwritten), and bad input gives one clear error before anything runs."""
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -172,8 +173,11 @@ def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
     assert rundir.is_complete(exp / "grpo-s0") and rundir.is_complete(exp / "pods-s0")
     assert (exp / "summary.csv").exists() and (exp / "figures" / "accuracy_vs_time.png").exists()
     out = capsys.readouterr().out
-    assert "repro: speedups over grpo (95% bootstrap intervals over seeds)" in out
-    assert re.search(r"^\s*pods\s+4/2\s+1\s", out, re.MULTILINE), out
+    assert "repro: 2 variants against grpo" in out
+    assert re.search(r"^  pods \(4 -> 2, max_variance, 1 seed\): Per step it ", out, re.MULTILINE)
+    timing = json.loads((exp / "reproduce.json").read_text())
+    assert list(timing["phases_s"]) == ["model", "rollouts", "downsampling", "runs", "report"]
+    assert timing["runs"] == {"done": 2, "skipped": 0, "failed": 0} and not timing["skipped"]
     before = snapshot(root)
     assert main(args) == 0
     assert capsys.readouterr().out.count("[skip]") == 5          # 01, 02, two runs, report

@@ -684,36 +684,48 @@ def test_a_damaged_run_is_left_out_of_the_report(results, capsys):
     assert (f"left out of the report (a damaged run): config file "
             f"{str(damaged / 'config.yaml')!r} is empty or not a mapping") in out
     assert (root / EXPERIMENT / "figures" / "accuracy_vs_time.png").is_file()
-    table = (root / EXPERIMENT / "summary.csv").read_text().splitlines()
-    assert len(table) == 2 and table[1].startswith("pods,")
+    from podslib.analysis import results as R
+
+    assert R.read_summary(root / EXPERIMENT)["variant"].tolist() == ["pods"]
     assert {p: snapshot(p) for p in runs} == runs
 
 
-KIT_SUMMARY = {"variant": ["grpo", "pods"], "n": [4, 8], "m": [4, 4], "seeds": [1, 1],
-               "peak_acc": [0.5, 0.6]} | {c: [1.0, 1.5] if k == "number" else ["baseline", "x"]
-                                          for c, k in pipeline.COMPARISON_COLUMNS.items()}
+@pytest.fixture
+def kit_summary(results):
+    """The results copy with the summary.csv the kit writes of its run, as its own baseline."""
+    from podslib.analysis import results as R
+
+    _, root, _ = results
+    exp = root / EXPERIMENT
+    curves, metrics = R.experiment_record(exp)
+    R.write_summary(R.summary_table(curves, metrics, baseline="pods", n_boot=20), exp)
+    return exp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "problem"), [
     ({}, ""),
     ({"rename": ("variant", "name")}, "no column 'variant'"),
     ({"rename": ("speedup", "speed")}, "no column 'speedup'"),
     ({"set": ("peak_acc", "high")}, "column 'peak_acc' not numbers"),
+    ({"set": ("baseline", "")}, ""),
 ])
-def test_summary_problem(tmp_path, change, problem):
-    """Item 9: what the skip path of `pods reproduce` reads of a summary.csv is checked."""
+def test_summary_problem(kit_summary, change, problem):
+    """Item 9: what the skip path of `pods reproduce` reads of a summary.csv is checked: the
+    kit's own passes, with its baseline or without one; a renamed or non-numeric column does
+    not."""
     import pandas as pd
 
-    table = pd.DataFrame(KIT_SUMMARY)
+    path = kit_summary / "summary.csv"
+    table = pd.read_csv(path)
     if "rename" in change:
         table = table.rename(columns=dict([change["rename"]]))
     if "set" in change:
         table[change["set"][0]] = change["set"][1]
-    table.to_csv(tmp_path / "summary.csv", index=False)
-    assert pipeline.summary_problem(tmp_path, "grpo") == problem
-    assert pipeline.summary_problem(tmp_path, "absent") == (
-        "column 'peak_acc' not numbers" if "set" in change else
-        "no column 'variant'" if change.get("rename", ("",))[0] == "variant" else "")
+    if change.get("set", ("",))[0] == "baseline":               # a summary without a baseline
+        table = table.drop(columns=[c for c in pipeline.COMPARISON_COLUMNS if c in table])
+    table.to_csv(path, index=False)
+    assert pipeline.summary_problem(kit_summary) == problem
 
 
 @pytest.mark.slow
@@ -729,7 +741,8 @@ def test_reproduce_rebuilds_a_summary_that_is_not_the_kits(results, capsys, monk
     (exp / "downsampling").mkdir()
     (exp / "downsampling" / "02_downsampling.ipynb").write_text("{}")
     (exp / "summary.md").write_text("| variant |\n")
-    (exp / "summary.csv").write_text("name,n,m,seeds,peak_acc\npods,4,2,1,0.5\n")
+    (exp / "summary.csv").write_text("name,baseline,n,m,rule,seeds,peak_acc,final_acc\n"
+                                     "pods,,4,2,max_variance,1,0.5,0.5\n")
     reports = []
     monkeypatch.setattr(pipeline, "report", lambda *args, **kwargs: reports.append(args))
     assert main(["reproduce", "--config", str(grid), "--results-root", str(root),

@@ -3,6 +3,7 @@ papermill with tiny parameters (a failing cell fails the test with the cell's er
 
 import ast
 import json
+import shutil
 
 import nbformat
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from podslib import rundir
+from podslib.analysis import results
 from podslib.config import run_id
 from podslib.lab import notebook, pipeline
 
@@ -126,12 +128,22 @@ def write_run(exp_dir, variant, seed, n, m, evals, step_s):
     (run / "summary.json").write_text("{}")
 
 
+def report_files(exp_dir):
+    """{name: bytes} of what `pods report` derives: the summaries and the figures."""
+    files = [*exp_dir.glob("summary*"), *(exp_dir / "figures").glob("*.png")]
+    return {str(p.relative_to(exp_dir)): p.read_bytes() for p in files}
+
+
 @pytest.mark.slow
 def test_plots_notebook_through_pods_report(tmp_path, capsys):
-    """GRPO (both seeds) .2, .4, .6, .8 at t = 0, 10, 20, 30: threshold .792 at 30. PODS
-    .2, .8, .8, .8 reaches it at 10 -> speedup 3 on the mean curves and for each seed (per
-    step too: evaluations at steps 0..3, 10 s per step). An unfinished run (no summary.json,
-    one evaluation) is left out: with it the common grid would end at t = 0."""
+    """GRPO (both seeds) .2, .4, .6, .8 at t = 0, 10, 20, 30: threshold .792, reached on the
+    line from (20, .6) at 29.6. PODS .2, .8, .8, .8 reaches it on its line from (0, .2) at
+    9.867 -> speedup 3 on the mean curves and for each seed (per step too: evaluations at steps
+    0..3, 10 s per step). An unfinished run (no summary.json, one evaluation) is left out: with
+    it the common grid would end at t = 0. The record is written; from it alone (a fresh clone)
+    the same summaries and figures come out. `--baseline pods` adds summary_vs_pods beside the
+    main summary, which stays against grpo; a later plain `pods report` regenerates both; an
+    unknown baseline changes nothing."""
     exp = tmp_path / "synth"
     for seed in (0, 1):
         write_run(exp, "grpo", seed, 4, 4, [(0, .2), (10, .4), (20, .6), (30, .8)], 1.0)
@@ -140,16 +152,75 @@ def test_plots_notebook_through_pods_report(tmp_path, capsys):
     (exp / "pods-s2" / "summary.json").unlink()
     from podslib.lab.cli import main
 
-    assert main(["report", "synth", "--results-root", str(tmp_path), "--no-progress"]) == 0
+    def report(root, *more):
+        return main(["report", "synth", "--results-root", str(root), "--no-progress", *more])
+
+    assert report(tmp_path) == 0
     table = pd.read_csv(exp / "summary.csv").set_index("variant")
     assert table.loc["pods", "speedup"] == pytest.approx(3.0)
     assert table.loc["pods", "speedup_per_seed"] == "3.00 3.00"
     assert table.loc["grpo", "s_per_step"] == pytest.approx(10.0)
     assert (table.loc["pods", "step_speedup"], table.loc["pods", "speedup_verdict"]) == \
-        (3.0, "faster")
-    assert "synth: speedups over grpo" in capsys.readouterr().out
-    assert "| pods | 16 | 4 |" in (exp / "summary.md").read_text()
-    assert {p.name for p in (exp / "figures").iterdir()} == {
-        "accuracy_vs_time.png", "accuracy_vs_step.png", "peak_accuracy.png",
-        "final_accuracy.png", "step_time.png", "cost_regime.png"}
-    assert (exp / "04_plots.ipynb").exists()
+        (pytest.approx(3.0), "faster")
+    out = capsys.readouterr().out
+    assert "synth: 2 variants against grpo" in out
+    assert "pods (16 -> 4, max_variance, 2 seeds): Per step it reached grpo's level 3.00x" in out
+    assert "| pods | 16 -> 4 | max_variance | Per step it reached grpo's level 3.00x sooner" in \
+        (exp / "summary.md").read_text()
+    made = report_files(exp)
+    assert set(made) == {"summary.md", "summary.csv"} | {f"figures/{name}.png" for name in (
+        "accuracy_vs_time", "accuracy_vs_step", "peak_accuracy", "final_accuracy", "step_time",
+        "cost_regime")}
+    assert (exp / "runs.csv.gz").exists()
+    executed = nbformat.read(exp / "04_plots.ipynb", as_version=4)     # the kernel shows each
+    shown = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+             if "image/png" in o.get("data", {})]
+    assert len(shown) == 6
+
+    clone = tmp_path / "clone" / "synth"
+    clone.mkdir(parents=True)
+    for name in ("runs.csv.gz", "summary.csv"):
+        shutil.copy(exp / name, clone)
+    assert report(clone.parent) == 0
+    assert report_files(clone) == made
+
+    assert report(clone.parent, "--baseline", "pods") == 0
+    assert report_files(clone) == {**made, **{k: v for k, v in report_files(clone).items()
+                                              if k.startswith("summary_vs_pods")}}
+    versus = pd.read_csv(clone / "summary_vs_pods.csv").set_index("variant")
+    assert versus["baseline"].unique().tolist() == ["pods"]
+    assert versus.loc["grpo", "speedup_verdict"] == "slower"
+    (clone / "summary_vs_pods.md").unlink()
+    assert report(clone.parent) == 0
+    assert (clone / "summary_vs_pods.md").read_text().startswith("# synth: 2 variants against pods")
+    before = report_files(clone)
+    assert report(clone.parent, "--baseline", "nope") == 2
+    assert "--baseline must be one of the variants ['grpo', 'pods']; got 'nope'" in \
+        capsys.readouterr().err
+    assert report_files(clone) == before
+
+
+@pytest.mark.slow
+def test_a_tiny_grid_run_then_reported_from_its_record_alone(tmp_path, tiny_grid):
+    """`pods run` on the tiny grid (two variants, two steps each, the hf engine), `pods
+    report`: the record holds every evaluation and step of both runs; copied alone into a fresh
+    results folder, `pods report` regenerates the same summaries and figures byte for byte."""
+    from podslib.lab.cli import main
+
+    root = tmp_path / "res"
+    assert main(["run", str(tiny_grid), "--results-root", str(root), "--no-progress"]) == 0
+    assert main(["report", "nbtest", "--results-root", str(root), "--no-progress"]) == 0
+    exp = root / "nbtest"
+    curves, metrics = results.read_record(exp / "runs.csv.gz")
+    assert sorted(set(curves["run_id"])) == ["grpo-s0", "pods-s0"]
+    assert metrics.groupby("run_id")["step"].apply(list).to_dict() == \
+        {"grpo-s0": [1, 2], "pods-s0": [1, 2]}
+    assert {"t_generate", "zero_var_frac", "groups_trained", "tokens_generated"} <= \
+        set(metrics.columns)
+    assert (curves["n_problems"] == 4).all() and set(curves["step"]) == {0, 2}
+    clone = tmp_path / "clone" / "nbtest"
+    clone.mkdir(parents=True)
+    for name in ("runs.csv.gz", "summary.csv"):
+        shutil.copy(exp / name, clone)
+    assert main(["report", "nbtest", "--results-root", str(clone.parent), "--no-progress"]) == 0
+    assert report_files(clone) == report_files(exp)

@@ -136,17 +136,29 @@ def test_bad_inputs_name_the_parameter(tmp_path):
         paper.figure("main")
 
 
-def test_pods_paper_writes_figures_and_summary(tmp_path):
+def test_pods_paper_regenerates_the_committed_results_byte_for_byte(tmp_path):
+    """`pods paper` writes the eight figures, the cost-regime map and the summary, with the
+    paper's crossing (the printed 2.00x, the interpolated one beside it); every file equals the
+    committed results/paper/ byte for byte."""
     from podslib.lab.cli import main
 
-    assert main(["paper", "--out", str(tmp_path / "paper")]) == 0
-    figures = {p.name for p in (tmp_path / "paper" / "figures").iterdir()}
+    out = tmp_path / "paper"
+    assert main(["paper", "--out", str(out)]) == 0
+    figures = {p.name for p in (out / "figures").iterdir()}
     assert figures == {f"{k}.png" for k in paper.FIGURES} | {"cost_regime.png"}
-    summary = pd.read_csv(tmp_path / "paper" / "summary.csv")
+    summary = pd.read_csv(out / "summary.csv")
     assert len(summary) == 18 and {"speedup_ci_low", "step_speedup_verdict",
                                    "cost_ratio"} <= set(summary.columns)
-    md = (tmp_path / "paper" / "summary.md").read_text()
-    assert "| gsm8k (one L40S) | pods 64/16 | 82.63 | 82.63 |" in md
+    assert set(summary["crossing"]) == {"first_eval"}
+    md = (out / "summary.md").read_text()
+    assert "| gsm8k (one L40S) | pods 64/16 | 82.63 | 82.63 | 1.00 [0.31, 1.67] | 2.00x | " \
+           "2.00x [1.00, 2.67] | not distinguishable | 1.99x [1.22, 2.64] |" in md
+    committed = paper.OUT
+    made = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert made == sorted(str(p.relative_to(committed)) for p in committed.rglob("*")
+                          if p.is_file())
+    for name in made:
+        assert (out / name).read_bytes() == (committed / name).read_bytes(), name
     assert main(["paper", "--data", str(tmp_path)]) == 2                 # no logs there
 
 

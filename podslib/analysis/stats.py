@@ -1,36 +1,42 @@
-"""Seed-mean curves, the paper's speedup, bootstrap intervals, verdicts and the cost-regime map.
+"""Seed-mean curves, the speedup (the paper's and interpolated), bootstrap intervals, verdicts
+and the cost-regime map.
 
 Everything here is generic over the x axis of a curve: `train_time_s` gives the paper's
 wall-clock speedup, `step` the per-step one (same threshold, counted in optimizer steps).
 
-Seed-mean curve: each seed's curve is a step function, the value of its latest evaluation at or
-before x ("hold last": what you would have if training stopped there). Per variant the grid is
-the union of the seeds' evaluation points up to the earliest last one, so every grid point
-averages all seeds and no curve is extrapolated.
+Seed-mean curve: each seed's curve is the straight line between its evaluations. Per variant
+the grid is the union of the seeds' evaluation points from the latest first one to the earliest
+last one (the common end), so every grid point averages all seeds and no curve is extrapolated.
+On that one grid: peak = the curve's highest point at x > 0, final = its value at the common end
+(each seed's last evaluation there, or the line to it for a seed that ran longer), so that
+peak >= final always.
 
-Speedup (the paper's definition): threshold = frac (0.99) x the baseline's highest seed-mean
-point at x > 0; x_base, x_method = the first evaluation point (x > 0) where each seed-mean curve
-reaches it; speedup = x_base / x_method. The point x = 0 (the model before training) is left out
-as in the paper. A method that never reaches the threshold within its horizon has speedup 0,
-and is censored: it would have reached it after its last point x_end, so its speedup is below
-at_most = x_base / x_end. This matters for the per-step speedup under a time budget, where the
-costlier variant runs fewer steps: never reaching it within its steps is not 'slower' when the
-baseline needed more steps than that. The baseline always reaches its own threshold, so the speedup is finite (NaN only when a
-curve has no evaluation after x = 0).
+Speedup: threshold = frac (0.99) x the baseline's peak; x_base, x_method = where each seed-mean
+curve first reaches it at x > 0; speedup = x_base / x_method. Two crossings (`CROSSINGS`):
+'first_eval', the paper's, takes the first grid point at or above the threshold; 'interpolated'
+(the kit's default) takes the point where the line from the grid point before (below the
+threshold) reaches it, so that a crossing is not rounded up to the next evaluation (the two
+arms of a comparison are evaluated at different steps, so the rounding differs between them).
+The point x = 0 (the model before training) is never a crossing, as in the paper. A method that
+never reaches the threshold within its horizon has speedup 0 and is censored: it would have
+reached it after its last point x_end, so its speedup is below at_most = x_base / x_end. This
+matters for the per-step speedup under a time budget, where the costlier variant runs fewer
+steps: never reaching it within its steps is not 'slower' when the baseline needed more steps
+than that. The baseline always reaches its own threshold, so the speedup is finite (NaN only
+when a curve has no point after x = 0).
 
 Intervals: 95% percentile bootstrap over seeds, vectorised as resamples x seeds x grid. Paired
 (the kit's runs: seed s of every variant starts from the same model and is evaluated on the
 same problems) resamples seed indices once and uses them for both arms; unpaired (independent
-runs, like the paper's 10 per setting) resamples each arm on its own. On synthetic studies with
-a known speedup and 8 seeds the percentile interval covers it in about 95% of studies, while
-the bias-correcting alternatives under-cover (the estimator's distribution is discrete with an
-atom at 0: 'never reached'); tests/test_stats.py holds that check. A censored replicate counts
-as 0 for the interval's low end and as its at_most for the high end, so the interval holds
-every speedup the data allow.
+runs, like the paper's 10 per setting) resamples each arm on its own. A censored replicate
+counts as 0 for the interval's low end and as its at_most for the high end, so the interval
+holds every speedup the data allow. bench/speedup_intervals.py measures coverage, power and
+width on synthetic studies with a known speedup (results/bench/speedup_intervals.md), and
+tests/test_stats.py holds those checks.
 
-Cost regime: scaling each curve's step axis by its seconds per step moves no first-crossing
-point, so the wall-clock speedup predicted at step-cost ratio c (variant s/step / baseline
-s/step) is exactly the per-step speedup / c, replicate by replicate.
+Cost regime: scaling each curve's step axis by its seconds per step moves no crossing point, so
+the wall-clock speedup predicted at step-cost ratio c (variant s/step / baseline s/step) is
+exactly the per-step speedup / c, replicate by replicate.
 """
 
 from __future__ import annotations
@@ -44,59 +50,64 @@ import pandas as pd
 N_BOOT = 2000
 LEVEL = 0.95
 PAPER_COST = 1.35          # the paper's one-GPU step-cost ratio, PODS 64/16 vs GRPO 16/16
+CROSSINGS = ("interpolated", "first_eval")      # the kit's default, the paper's
 
 
 # ----------------------------------------------------------------------------------------------
 # seed curves on a common grid
 # ----------------------------------------------------------------------------------------------
 
-def hold_last(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Step-function value at each grid point: y of the latest x <= grid point; NaN before the
-    first and after the last evaluation. x: [k] ascending, y: [k], grid: [g] -> [g]."""
+def interpolate(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Value of the line through the evaluations (x [k] ascending, y [k]) at each grid point
+    [g]; NaN before the first and after the last evaluation."""
     x, y, grid = np.asarray(x, float), np.asarray(y, float), np.asarray(grid, float)
-    pos = np.searchsorted(x, grid, side="right") - 1
-    out = y[np.clip(pos, 0, len(y) - 1)].astype(float)
-    out[(pos < 0) | (grid > x[-1])] = np.nan
+    out = np.interp(grid, x, y)
+    out[(grid < x[0]) | (grid > x[-1])] = np.nan
     return out
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One variant's seeds on its common grid: x [g], values [S, g] (held), seeds [S],
-    last [S] (each seed's own last evaluation)."""
+    """One variant's seeds on its common grid: x [g], values [S, g] (interpolated), seeds [S]."""
 
     x: np.ndarray
     values: np.ndarray
     seeds: np.ndarray
-    last: np.ndarray
+
+    @property
+    def last(self) -> np.ndarray:
+        """Each seed's value at the common end: [S]."""
+        return self.values[:, -1]
 
     def select(self, seeds: np.ndarray) -> Arm:
         """The same arm restricted to `seeds` (in that order)."""
         rows = [int(np.flatnonzero(self.seeds == s)[0]) for s in seeds]
-        return Arm(self.x, self.values[rows], np.asarray(seeds), self.last[rows])
+        return Arm(self.x, self.values[rows], np.asarray(seeds))
 
 
 def truncate(a: Arm, end: float) -> Arm:
-    """The arm as if every seed had stopped at x = end: grid points <= end, and each seed's
-    last value the held one at end (an equal-horizon comparison with a shorter arm)."""
-    keep = a.x <= end
-    if not keep.any():
-        raise ValueError(f"end must be at or after the arm's first point {a.x[0]}; got {end}")
-    return Arm(a.x[keep], a.values[:, keep], a.seeds, a.values[:, keep][:, -1])
+    """The arm as if every seed had stopped at x = end: its grid points before end, then end
+    itself with each seed's value there (an equal-horizon comparison with a shorter arm)."""
+    if not a.x[0] <= end <= a.x[-1]:
+        raise ValueError(f"end must be within the arm's grid [{a.x[0]}, {a.x[-1]}]; got {end}")
+    keep = a.x < end
+    at_end = np.array([np.interp(end, a.x, row) for row in a.values])
+    return Arm(np.append(a.x[keep], end), np.column_stack([a.values[:, keep], at_end]), a.seeds)
 
 
 def arm(runs: pd.DataFrame, x: str = "train_time_s", value: str = "accuracy") -> Arm:
-    """The seed curves of one variant's evaluation rows (columns seed, `x`, `value`)."""
+    """The seed curves of one variant's evaluation rows (columns seed, `x`, `value`) on their
+    common grid (see the module docstring)."""
     if x not in runs.columns:
         raise ValueError(f"x must be a column of the curves ({', '.join(runs.columns)}); "
                          f"got {x!r}")
-    per_seed = [(s, g.sort_values(x)) for s, g in runs.groupby("seed")]
+    per_seed = [(s, g.sort_values(x, kind="stable")) for s, g in runs.groupby("seed")]
+    start = max(g[x].iloc[0] for _, g in per_seed)
     end = min(g[x].iloc[-1] for _, g in per_seed)
     grid = np.unique(np.concatenate([g[x].to_numpy(float) for _, g in per_seed]))
-    grid = grid[grid <= end]
-    values = np.stack([hold_last(g[x], g[value], grid) for _, g in per_seed])
-    return Arm(grid, values, np.array([s for s, _ in per_seed]),
-               np.array([g[value].iloc[-1] for _, g in per_seed], float))
+    grid = grid[(grid >= start) & (grid <= end)]
+    values = np.stack([interpolate(g[x], g[value], grid) for _, g in per_seed])
+    return Arm(grid, values, np.array([s for s, _ in per_seed]))
 
 
 def seconds_per_step(runs: pd.DataFrame) -> float:
@@ -120,25 +131,44 @@ def peak(x: np.ndarray, means: np.ndarray) -> np.ndarray:
     return means[:, pos].max(axis=1)
 
 
-def first_reach(x: np.ndarray, means: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """First x > 0 where each curve reaches its threshold; inf when it never does.
-    x: [g], means: [B, g], threshold: [B] -> [B]."""
-    x = np.asarray(x, float)
-    ok = (means >= np.asarray(threshold)[:, None]) & (x > 0)[None, :]
-    return np.where(ok.any(axis=1), x[ok.argmax(axis=1)], np.inf)
+def first_reach(x: np.ndarray, means: np.ndarray, threshold: np.ndarray,
+                crossing: str = "interpolated") -> np.ndarray:
+    """Where each curve first reaches its threshold at x > 0 (`crossing`: 'first_eval', the
+    first grid point at or above it; 'interpolated', on the line from the point before when
+    that one is below it); inf when it never does. x: [g], means: [B, g], threshold: [B] ->
+    [B]."""
+    check_crossing(crossing)
+    x, threshold = np.asarray(x, float), np.asarray(threshold, float)
+    ok = (means >= threshold[:, None]) & (x > 0)[None, :]
+    j = ok.argmax(axis=1)
+    at = x[j]
+    if crossing == "interpolated":
+        rows, i = np.arange(len(means)), np.maximum(j - 1, 0)
+        y0, y1 = means[rows, i], means[rows, j]
+        below = (j > 0) & (y0 < threshold)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            line = x[i] + (threshold - y0) / (y1 - y0) * (x[j] - x[i])
+        at = np.where(below, line, at)
+    return np.where(ok.any(axis=1), at, np.inf)
+
+
+def check_crossing(crossing: str) -> None:
+    if crossing not in CROSSINGS:
+        raise ValueError(f"crossing must be one of {', '.join(map(repr, CROSSINGS))}; "
+                         f"got {crossing!r}")
 
 
 def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndarray,
-             frac: float = 0.99) -> dict[str, np.ndarray]:
-    """The paper's speedup of curves `means` [B, g] (on x [g]) over baseline curves `base`
-    [B, gb] (on base_x [gb]), row by row: threshold, x_base, x_method, speedup and at_most
-    (speedup, or x_base / the last x where never reached: the censoring bound), each [B]."""
+             frac: float = 0.99, crossing: str = "interpolated") -> dict[str, np.ndarray]:
+    """The speedup of curves `means` [B, g] (on x [g]) over baseline curves `base` [B, gb] (on
+    base_x [gb]), row by row: threshold, x_base, x_method, speedup and at_most (speedup, or
+    x_base / the last x where never reached: the censoring bound), each [B]."""
     if not 0 < frac <= 1:
         raise ValueError(f"frac must be in (0, 1]; got {frac!r}")
     x = np.asarray(x, float)
     threshold = frac * peak(base_x, base)
-    x_base = first_reach(base_x, base, threshold)
-    x_method = first_reach(x, means, threshold)
+    x_base = first_reach(base_x, base, threshold, crossing)
+    x_method = first_reach(x, means, threshold, crossing)
     never = np.isinf(x_method)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(never, 0.0, x_base / x_method)
@@ -149,11 +179,12 @@ def speedups(base_x: np.ndarray, base: np.ndarray, x: np.ndarray, means: np.ndar
             "at_most": at_most}
 
 
-def speedup(base_x, base_y, x, y, frac: float = 0.99) -> dict[str, float]:
-    """The paper's speedup of one curve (x, y) over one baseline curve: threshold, x_base,
-    x_method, speedup, at_most as floats (see the module docstring for the definition)."""
+def speedup(base_x, base_y, x, y, frac: float = 0.99, crossing: str = "interpolated"
+            ) -> dict[str, float]:
+    """The speedup of one curve (x, y) over one baseline curve: threshold, x_base, x_method,
+    speedup, at_most as floats (see the module docstring for the definition)."""
     out = speedups(np.asarray(base_x, float), np.asarray(base_y, float)[None],
-                   np.asarray(x, float), np.asarray(y, float)[None], frac)
+                   np.asarray(x, float), np.asarray(y, float)[None], frac, crossing)
     return {k: float(v[0]) for k, v in out.items()}
 
 
@@ -212,24 +243,25 @@ def resamples(n_seeds: int, n_boot: int, rng: np.random.Generator) -> np.ndarray
 
 
 def statistics(base: Arm, variant: Arm, base_idx: np.ndarray, idx: np.ndarray,
-               frac: float = 0.99) -> dict[str, np.ndarray]:
+               frac: float = 0.99, crossing: str = "interpolated") -> dict[str, np.ndarray]:
     """Speedup (and its censoring bound speedup_at_most), peak and final differences
     (variant - baseline) of resampled seed means. base_idx: [B, Sb], idx: [B, Sv] -> each
     statistic [B]."""
     base_mean = base.values[base_idx].mean(axis=1)                       # [B, gb]
     mean = variant.values[idx].mean(axis=1)                              # [B, gv]
-    fast = speedups(base.x, base_mean, variant.x, mean, frac)
+    fast = speedups(base.x, base_mean, variant.x, mean, frac, crossing)
     return {"speedup": fast["speedup"], "speedup_at_most": fast["at_most"],
             "peak_diff": peak(variant.x, mean) - peak(base.x, base_mean),
-            "final_diff": variant.last[idx].mean(axis=1) - base.last[base_idx].mean(axis=1)}
+            "final_diff": mean[:, -1] - base_mean[:, -1]}
 
 
 def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
-            n_boot: int = N_BOOT, seed: int = 0) -> tuple[dict[str, Estimate], dict]:
+            n_boot: int = N_BOOT, seed: int = 0, crossing: str = "interpolated"
+            ) -> tuple[dict[str, Estimate], dict]:
     """Bootstrap comparison of `variant` against `base`: Estimates of speedup (null 1,
-    censored), peak_diff and final_diff (null 0), and the replicates {name: [n_boot]} (with
-    speedup_at_most). Paired: both arms restricted to their common seeds and resampled with the
-    same indices."""
+    censored), peak_diff and final_diff (null 0: the seed-mean curves' final points), and the
+    replicates {name: [n_boot]} (with speedup_at_most). Paired: both arms restricted to their
+    common seeds and resampled with the same indices."""
     rng = np.random.default_rng(seed)
     if paired:
         common = np.array([s for s in base.seeds if s in set(variant.seeds)])
@@ -241,7 +273,7 @@ def compare(base: Arm, variant: Arm, paired: bool = True, frac: float = 0.99,
     else:
         base_idx = resamples(len(base.seeds), n_boot, rng)
         idx = resamples(len(variant.seeds), n_boot, rng)
-    stats = statistics(base, variant, base_idx, idx, frac)
+    stats = statistics(base, variant, base_idx, idx, frac, crossing)
     fast, bound = stats["speedup"], stats["speedup_at_most"]
     est = {"speedup": censored(fast[0], bound[0], fast[1:], bound[1:]),
            **{k: percentile(stats[k][0], stats[k][1:], 0.0) for k in ("peak_diff", "final_diff")}}
@@ -288,7 +320,8 @@ def regime_check(step_speedup: Estimate, step_reps: dict[str, np.ndarray], wall:
             "inside_measured_ci": inside}
 
 
-def seed_speedups(base: Arm, variant: Arm, frac: float = 0.99) -> pd.DataFrame:
+def seed_speedups(base: Arm, variant: Arm, frac: float = 0.99, crossing: str = "interpolated"
+                  ) -> pd.DataFrame:
     """Per-seed speedups, pairing equal seeds (seeds of one arm only are left out), each with
     the threshold from the baseline seed's own peak: one row per seed with threshold, x_base,
     x_method, speedup."""
@@ -297,4 +330,5 @@ def seed_speedups(base: Arm, variant: Arm, frac: float = 0.99) -> pd.DataFrame:
     if not common.size:
         return pd.DataFrame(columns=cols)
     b, v = base.select(common), variant.select(common)
-    return pd.DataFrame({"seed": common, **speedups(b.x, b.values, v.x, v.values, frac)})[cols]
+    return pd.DataFrame({"seed": common, **speedups(b.x, b.values, v.x, v.values, frac,
+                                                    crossing)})[cols]

@@ -66,8 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", parents=[common],
                             help="rebuild figures and tables (04_plots.ipynb)")
     report.add_argument("experiments", nargs="*", help="default: every experiment under the root")
-    report.add_argument("--baseline", default="grpo",
-                        help="variant the speedup is measured against")
+    report.add_argument("--baseline", default=None,
+                        help="variant the speedups are measured against: the main one "
+                        "(summary.md; default: the one it names, else grpo) or another "
+                        "(summary_vs_BASELINE.md)")
     show = sub.add_parser("config", parents=[common],
                           help="print the full Config YAML of one run of a grid "
                           "(input for `pods train` / torchrun)")
@@ -128,11 +130,6 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _experiments(root: Path) -> list[str]:
-    """Experiments under `root`: folders marked by `pods run` (experiment.json)."""
-    return sorted(p.parent.name for p in root.glob("*/experiment.json"))
-
-
 def _train(args) -> dict:
     cfg = Config.from_yaml(args.config, **parse_overrides(args.overrides))
     summary = train(cfg, args.run_dir, resume=args.resume, progress=not args.no_progress)
@@ -143,7 +140,7 @@ def _train(args) -> dict:
 
 def _report(args) -> dict:
     root = Path(args.results_root or pipeline.REPO / "results")
-    names = args.experiments or _experiments(root)
+    names = args.experiments or pipeline.experiments(root)
     if not names:
         raise FileNotFoundError(f"no experiments under {str(root)!r}; run `pods run CONFIG` "
                                 "first")

@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+import pandas as pd
+
 from podslib import rundir
 from podslib.analysis import results as R
 from podslib.config import SEED_MAX, Config, load_yaml, merge, run_id
-from podslib.files import REPO, check_name
+from podslib.files import REPO, check_name, write_json
 from podslib.lab import notebook
 from podslib.lab.notebook import NotebookError, execute
 from podslib.training.warmstart import policy_path
@@ -385,58 +387,104 @@ def _run_all(grid: Grid, todo: list[RunSpec], states: dict[str, str], root: Path
 # report and reproduce
 # ----------------------------------------------------------------------------------------------
 
+def experiments(root: str | Path) -> list[str]:
+    """Experiments under `root`: folders marked by `pods run` (experiment.json) or holding an
+    experiment record (runs.csv.gz: a fresh clone has no run folders)."""
+    root = Path(root)
+    return sorted({p.parent.name for pattern in ("*/experiment.json", f"*/{R.RECORD}")
+                   for p in root.glob(pattern)})
+
+
+def baselines(exp_dir: Path, requested: str | None) -> tuple[str, list[str]]:
+    """The baseline of an experiment's main summary (summary.md) and the others it is compared
+    to (summary_vs_<name>.md). The main one is the one its summary.csv names (column baseline,
+    or in an older summary the row whose verdicts say 'baseline'); without one (no summary yet,
+    or one without a baseline), `requested` or 'grpo'. The others: those already written, and
+    `requested` when it is not the main one."""
+    table = R.read_summary(exp_dir) if (exp_dir / "summary.csv").is_file() else pd.DataFrame()
+    if "baseline" in table.columns:
+        stored = table["baseline"].dropna()
+    elif {"speedup_verdict", "variant"} <= set(table.columns):
+        stored = table.loc[table["speedup_verdict"] == "baseline", "variant"]
+    else:
+        stored = []
+    main = (stored.iloc[0] if len(stored) else "") or requested or "grpo"
+    others = {p.name.removeprefix("summary_vs_").removesuffix(".csv")
+              for p in exp_dir.glob("summary_vs_*.csv")}
+    return main, sorted(others | ({requested} if requested and requested != main else set()))
+
+
 def report(experiment: str, results_root: str | Path = REPO / "results", kernel: str | None = None,
-           progress: bool = True, baseline: str = "grpo", log=print) -> Path:
-    """Rebuild an experiment's figures and summary tables (notebooks/04_plots.ipynb); the
-    executed notebook, figures/ and summary.{md,csv} are derived files and are replaced. Logs
-    per variant the per-step and wall-clock speedups with their 95% intervals and verdicts."""
+           progress: bool = True, baseline: str | None = None, log=print) -> Path:
+    """Rebuild an experiment's record, figures and summary tables (notebooks/04_plots.ipynb).
+    The record (runs.csv.gz) is rewritten from the run folders when there are any, else read
+    as committed; figures/, summary.{md,csv} (against the experiment's main baseline,
+    `baselines`) and every summary_vs_<name>.{md,csv} (`baseline`, when it is not the main one,
+    adds one) are derived files and are replaced. Logs the verdicts per variant. A damaged run
+    is left out, named in one line."""
     check_name(experiment, "experiment")
     kernel = notebook.check_kernel(kernel)
     exp_dir = Path(results_root).resolve() / experiment
     runs = [run for run in rundir.find_runs(exp_dir) if _readable(run, log)]
-    if not runs:
-        raise FileNotFoundError(f"no runs under {str(exp_dir)!r}; run `pods run CONFIG` first")
-    if not any(rundir.is_complete(r) for r in runs):
+    if not runs and not (exp_dir / R.RECORD).is_file():
+        raise FileNotFoundError(f"no runs under {str(exp_dir)!r} and no record {R.RECORD}; run "
+                                "`pods run CONFIG` first")
+    if runs and not any(rundir.is_complete(r) for r in runs):
         raise ValueError(f"experiment {experiment!r} has no complete run yet (unfinished: "
                          f"{', '.join(r.name for r in runs)}); finish them with `pods run "
                          "CONFIG` (interrupted runs resume)")
     rundir.check_writable(exp_dir, "results folder")
+    main, others = baselines(exp_dir, baseline)
+    variants = R.experiment_variants(exp_dir)
+    if baseline is not None and baseline not in variants:
+        raise ValueError(f"--baseline must be one of the variants {variants}; got {baseline!r}")
+    others = [b for b in others if b in variants]
     output = exp_dir / "04_plots.ipynb"
     output.unlink(missing_ok=True)
     path = _in_worker(execute, NOTEBOOKS / "04_plots.ipynb", output,
                       {"experiment": experiment, "results_root": str(Path(results_root).resolve()),
-                       "baseline": baseline}, kernel=kernel, progress=progress)
-    log(R.report_text(R.read_summary(exp_dir), experiment, baseline))
+                       "baseline": main, "also_against": others}, kernel=kernel, progress=progress)
+    log(R.report_text(R.read_summary(exp_dir), experiment))
+    for other in others:
+        log(f"against {other}: {exp_dir / f'summary_vs_{other}.md'}")
     return path
 
 
-# What `report_text` reads of a summary.csv: always, and with the baseline among the variants.
-SUMMARY_COLUMNS = {"variant": "text", "n": "number", "m": "number", "seeds": "number",
-                   "peak_acc": "number"}
+# What `report_text` reads of a summary.csv: always, and when the summary names a baseline.
+SUMMARY_COLUMNS = {"variant": "text", "baseline": "any", "n": "number", "m": "number",
+                   "rule": "text", "seeds": "number", "peak_acc": "number",
+                   "final_acc": "number"}
 COMPARISON_COLUMNS = {f"{name}{suffix}": "text" if suffix == "_verdict" else "number"
                       for name in ("speedup", "step_speedup", "equal_steps_speedup")
                       for suffix in ("", "_ci_low", "_ci_high", "_verdict")} | {
-    f"peak_diff{suffix}": "number" for suffix in ("", "_ci_low", "_ci_high")}
+    f"{name}{suffix}": "number" for name in ("equal_steps_diff", "final_diff")
+    for suffix in ("", "_ci_low", "_ci_high")} | {
+    "steps": "number", "equal_steps": "number", "crossing": "text"}
 
 
-def summary_problem(exp_dir: Path, baseline: str) -> str:
-    """'' when exp_dir/summary.csv has the columns (and number columns) a summary the kit wrote
-    has, with `baseline` among its variants or not; else what is wrong with it."""
-    import pandas as pd
-
+def summary_problem(exp_dir: Path) -> str:
+    """'' when exp_dir/summary.csv is a summary the kit wrote: the columns `report_text` reads
+    (the comparison's too when it names a baseline), numbers where there should be, and it
+    reads; else what is wrong with it."""
     try:
         table = R.read_summary(exp_dir)
     except (OSError, ValueError) as err:                 # pandas' parse errors are ValueErrors
         return str(err)
     want = dict(SUMMARY_COLUMNS)
-    if "variant" in table.columns and baseline in set(table["variant"].astype(str)):
+    if "baseline" in table.columns and table["baseline"].fillna("").astype(bool).any():
         want |= COMPARISON_COLUMNS
     missing = [c for c in want if c not in table.columns]
     if missing:
         return f"no column {', '.join(map(repr, missing))}"
     wrong = [c for c, kind in want.items()
              if kind == "number" and not pd.api.types.is_numeric_dtype(table[c])]
-    return f"column {', '.join(map(repr, wrong))} not numbers" if wrong else ""
+    if wrong:
+        return f"column {', '.join(map(repr, wrong))} not numbers"
+    try:
+        R.report_text(table, exp_dir.name)
+    except (KeyError, ValueError, TypeError) as err:
+        return f"it does not read: {type(err).__name__}: {err}"
+    return ""
 
 
 def _readable(run_dir: Path, log: Callable[[str], None]) -> bool:
@@ -471,51 +519,72 @@ def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
     """The tiny default end to end: warm-start (cached), 01_rollouts, 02_downsampling, the grid
     (GRPO vs GRPO-PODS, same training-time budget, `jobs` runs at a time), 04_plots. Steps
     already done are skipped (the report too when no run is new), so a re-run changes nothing.
-    Returns the grid outcome and the elapsed seconds."""
+    When some run was new, the seconds of each phase go to <experiment>/reproduce.json (with
+    the phases that were skipped, the runs done and skipped, the machine's CPU count). Returns
+    the grid outcome and the elapsed seconds."""
     start = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     grid = load_grid(config_file)
     kernel = notebook.check_kernel(kernel)
     root = Path(results_root).resolve()
     exp_dir = root / grid.experiment
     preflight(grid, grid.runs(), root, {"results_root": str(root)})
     first = grid.config(next(iter(grid.variants)), grid.seeds[0])
+    phases: dict[str, float] = {}
+    skipped: list[str] = []
+    current: list = []                                    # [phase, its start]
 
-    def step(name: str) -> None:
-        log(f"== {name} (elapsed {_fmt(time.perf_counter() - start)})")
+    def step(phase: str, name: str = "") -> None:
+        now = time.perf_counter()
+        if current:
+            phases[current[0]] = round(now - current[1], 1)
+        current[:] = [phase, now]
+        if name:
+            log(f"== {name} (elapsed {_fmt(now - start)})")
+
+    def skip(phase: str, why: str) -> None:
+        skipped.append(phase)
+        log(f"   [skip] {why}")
 
     if first.model == "tiny":
-        step("the tiny model and its warm-start (cached in cache_dir after the first time)")
+        step("model", "the tiny model and its warm-start (cached in cache_dir after the first "
+             "time)")
         log(f"   model: {', '.join(prepare_models([first], progress))}")
     rollouts, ablation = exp_dir / "rollouts", exp_dir / "downsampling"
-    step("01_rollouts: n rollouts per prompt, reward distributions")
+    step("rollouts", "01_rollouts: n rollouts per prompt, reward distributions")
     if (rollouts / "rollouts.npz").exists():
-        log(f"   [skip] {rollouts}/rollouts.npz exists")
+        skip("rollouts", f"{rollouts}/rollouts.npz exists")
     else:
         _in_worker(execute, NOTEBOOKS / "01_rollouts.ipynb", rollouts / "01_rollouts.ipynb",
                    {"config_file": str(grid.source), "out_dir": str(rollouts)}, kernel, progress)
-    step("02_downsampling: the rules on the saved rollouts")
+    step("downsampling", "02_downsampling: the rules on the saved rollouts")
     if (ablation / "02_downsampling.ipynb").exists():     # its tables may come with a clone
-        log(f"   [skip] {ablation}/02_downsampling.ipynb exists")
+        skip("downsampling", f"{ablation}/02_downsampling.ipynb exists")
     else:
         _in_worker(execute, NOTEBOOKS / "02_downsampling.ipynb", ablation / "02_downsampling.ipynb",
                    {"rollouts_dir": str(rollouts), "out_dir": str(ablation)}, kernel, progress)
-    step(f"training grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds")
+    step("runs", f"training grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds")
     outcome = run_grid(config_file, results_root=root, kernel=kernel, progress=progress,
                        jobs=jobs, log=log)
     if outcome.get("stopped_by"):
         return {**outcome, "elapsed_s": time.perf_counter() - start}
-    step("04_plots: figures and summary table")
+    step("report", "04_plots: figures and summary table")
     summary = exp_dir / "summary.md"
-    problem = summary_problem(exp_dir, "grpo") if summary.exists() else "no summary yet"
+    problem = summary_problem(exp_dir) if summary.exists() else "no summary yet"
     if not problem and not outcome["done"]:
-        log(f"   [skip] no new runs since {summary} was written")
-        log(R.report_text(R.read_summary(exp_dir), grid.experiment, "grpo"))
+        skip("report", f"no new runs since {summary} was written")
+        log(R.report_text(R.read_summary(exp_dir), grid.experiment))
     else:
         if summary.exists() and problem:
             log(f"   {exp_dir / 'summary.csv'} is not the kit's summary ({problem}): "
                 "building the report again")
         report(grid.experiment, root, kernel=kernel, progress=progress, log=log)
+    step("end")
     elapsed = time.perf_counter() - start
+    if outcome["done"]:
+        write_json(exp_dir / "reproduce.json", {
+            "started": started, "cpus": os.cpu_count(), "jobs": jobs,
+            "config": grid.source.name, "runs": {k: len(v) for k, v in outcome.items()},
+            "phases_s": phases, "skipped": skipped, "total_s": round(elapsed, 1)})
     log(f"== reproduce finished in {_fmt(elapsed)}; results in {exp_dir}")
     return {**outcome, "elapsed_s": elapsed}
-
