@@ -177,7 +177,8 @@ def test_reproduce_end_to_end_then_rerun_changes_nothing(tmp_path, capsys):
     assert re.search(r"^  pods \(4 -> 2, max_variance, 1 seed\): Per step it ", out, re.MULTILINE)
     timing = json.loads((exp / "reproduce.json").read_text())
     assert list(timing["phases_s"]) == ["model", "rollouts", "downsampling", "runs", "report"]
-    assert timing["runs"] == {"done": 2, "skipped": 0, "failed": 0} and not timing["skipped"]
+    assert timing["runs"] == {"done": 2, "skipped": 0, "failed": 0, "interrupted": 0,
+                              "not_started": 0} and not timing["skipped"]
     before = snapshot(root)
     assert main(args) == 0
     assert capsys.readouterr().out.count("[skip]") == 5          # 01, 02, two runs, report

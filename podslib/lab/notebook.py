@@ -72,10 +72,18 @@ _LIVE_LOCK = threading.Lock()
 @functools.cache
 def _kernel_manager_class() -> type:
     """jupyter_client's AsyncKernelManager, recording its kernel's process in _LIVE under the
-    thread that started it (the thread running that notebook)."""
+    thread that started it (the thread running that notebook), and not interrupting it on the
+    way to its shutdown."""
     from jupyter_client.manager import AsyncKernelManager
 
     class TrackedKernelManager(AsyncKernelManager):
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts a kernel before shutting it down; a kernel that is
+            # finishing a request then prints "KeyboardInterrupt caught in kernel." on the
+            # terminal. After the last cell there is nothing to interrupt.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
         async def _async_post_start_kernel(self, **kw: Any) -> None:
             await super()._async_post_start_kernel(**kw)
             with _LIVE_LOCK:
