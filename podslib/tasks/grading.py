@@ -39,7 +39,7 @@ from podslib.registry import Registry
 # task -> fn(completions [N], golds [N], workers) -> [N] correct or not (graded in one call)
 GRADERS = Registry("task")
 
-MAX_NUMBER_DIGITS = 60          # longer numbers compare as text; a longer fraction or exponent: unread
+MAX_NUMBER_DIGITS = 60          # a longer fraction, or an exponent beyond +-60: unreadable
 MAX_MATH_CHARS = 4000           # without an extracted answer, math-verify sees the last 4000 characters
 MAX_MATH_ANSWER_CHARS = 1000    # a longer extracted MATH answer is no answer
 MAX_MATH_DEPTH = 10             # brackets nested deeper: no answer (math-verify's cost doubles per level)
@@ -321,9 +321,7 @@ def _unreasonable(candidate: str) -> bool:
     number of more than MAX_MATH_DIGITS digits, a power of a number inside an exponent
     (2^{2^{100}}), a factorial of a 5-digit number, of a factorial or of a power ((10!)!), or
     brackets nested more than MAX_MATH_DEPTH deep (\\frac nested 5000 deep, 50000 braces)."""
-    if _HUGE_NUMBER.search(candidate) or _NUMERIC_TOWER.search(candidate):
-        return True
-    if _HUGE_FACTORIAL.search(candidate):
+    if any(p.search(candidate) for p in (_HUGE_NUMBER, _NUMERIC_TOWER, _HUGE_FACTORIAL)):
         return True
     depth = 0
     for bracket in _BRACKET.finditer(candidate):
@@ -333,13 +331,12 @@ def _unreasonable(candidate: str) -> bool:
     return False
 
 
-def _math_candidate(completion: str) -> str | None:
-    """The one string math-verify parses, or None (wrong at once): the extracted answer in $...$
-    (as it is if it has its own math delimiters; an escaped \\$ is not one), else the completion's
-    last MAX_MATH_CHARS characters, from which math-verify extracts one answer itself (several
-    expressions there form one set); None when that answer is longer than MAX_MATH_ANSWER_CHARS
-    or `_unreasonable`."""
-    answer = _math_answer(completion)
+def _math_candidate(completion: str, answer: str | None) -> str | None:
+    """The one string math-verify parses for a completion and its `_math_answer`, or None (wrong
+    at once): the answer in $...$ (as it is if it has its own math delimiters; an escaped \\$ is
+    not one), else the completion's last MAX_MATH_CHARS characters, from which math-verify
+    extracts one answer itself (several expressions there form one set); None when the answer is
+    longer than MAX_MATH_ANSWER_CHARS or the string is `_unreasonable`."""
     if answer is None:
         candidate = completion[-MAX_MATH_CHARS:]
     elif len(answer) > MAX_MATH_ANSWER_CHARS:
@@ -442,14 +439,12 @@ def _math_pair(completion: object, gold: object) -> bool | tuple[str, str]:
     if not isinstance(completion, str) or not isinstance(gold, str):
         return False
     completion, gold = _normalize(completion), _normalize(gold)
-    candidate = _math_candidate(completion)
-    if candidate is None:
-        return False
-    answer, want = _math_answer(completion), _plain_number(gold)
-    got = None if answer is None else _plain_number(answer)
-    if want is not None and got is not None:
+    answer = _math_answer(completion)
+    got, want = (None if answer is None else _plain_number(answer)), _plain_number(gold)
+    if got is not None and want is not None:
         return got == want
-    return candidate, gold
+    candidate = _math_candidate(completion, answer)
+    return False if candidate is None else (candidate, gold)
 
 
 def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 1,
