@@ -22,6 +22,7 @@ from podslib.tasks.grading import (
     normalize_number,
     start_math_pool,
 )
+from podslib.tasks.rewards import score_batch
 
 NUMERIC = ("gsm8k", "arith")
 
@@ -240,11 +241,11 @@ def test_math_pathological_answers_are_wrong_at_once():
     """Issue 21: 18 such answers took 24 s in one score_batch (5 s each until the deadline).
     Rejected before math-verify, the batch takes a small fraction of one time limit."""
     start_math_pool(2)
-    grade_math(["\\boxed{5}"], ["5"], workers=2)         # the pool is warm
+    score_batch([["\\boxed{x+1}"]], ["1+x"], "math", workers=2)     # the pool is warm
     start = time.perf_counter()
-    graded = grade_math(PATHOLOGICAL, ["5"] * len(PATHOLOGICAL), workers=2)
+    _, terms = score_batch([PATHOLOGICAL], ["5"], "math", workers=2)
     elapsed = time.perf_counter() - start
-    assert graded == [False] * len(PATHOLOGICAL)
+    assert terms["correctness"].tolist() == [[0.0] * len(PATHOLOGICAL)]
     assert elapsed < MATH_TIMEOUT_S / 5, elapsed
 
 

@@ -49,7 +49,7 @@ MATH_TIMEOUT_S = 5.0            # hard limit per MATH completion (parse + verify
 # --------------------------------------------------------------------------- text helpers
 
 _OTHER_DIGITS = re.compile(r"[^\D0-9]")     # `\d` is Unicode: decimal digits of other scripts
-_SIGNS = str.maketrans({"\u2212": "-", "\u2013": "-", "\ufe63": "-", "\uff0d": "-", "\uff0b": "+"})
+_SIGN = re.compile("[\u2212\u2013\ufe63\uff0d\uff0b]")        # − – ﹣ － ＋
 # a thin or no-break space (Unicode, or LaTeX \, \: \; \! \  ~) or a LaTeX comma ({,} ,\!) between
 # digit groups of three, written as a thousands comma: 1\,000, 1{,}000, 1,\!000 and 1 000 -> 1,000
 _GROUP_SEPARATOR = re.compile(
@@ -58,14 +58,15 @@ _CURRENCY = re.compile(r"\\?[$€£¥₹¢]")
 _LATEX_FRAC = re.compile(           # \frac{1}{2}, \dfrac12, \tfrac1{2} -> 1/2
     r"\\[dt]?frac\s*(?:\{\s*(-?[0-9]+)\s*\}|([0-9]))\s*(?:\{\s*([0-9]+)\s*\}|([0-9]))")
 _POWER_OF_TEN = re.compile(         # 1.5 \times 10^{6}, 2*10^3, 10^{-3} -> 1.5e6, 2e3, 1e-3
-    r"(?<![0-9.])(?:([0-9]+(?:\.[0-9]+)?)\s*(?:\\times|\\cdot|[×·*x])\s*)?10\s*\^\s*"
+    r"(?=[0-9])(?<![0-9.])(?:([0-9]+(?:\.[0-9]+)?)\s*(?:\\times|\\cdot|[×·*x])\s*)?10\s*\^\s*"
     r"(?:\{\s*([-+]?[0-9]+)\s*\}|([0-9]+))")
-_UNIT_EXPONENT = re.compile(r"(?<=[A-Za-z}])\^\s*(?:\{\s*[0-9]+\s*\}|[0-9])")  # cm^2, \text{m}^{3}
-_STEP_NUMBER = re.compile(r"(?i)\b(step|part|case)[ \t]?#?[0-9]{1,3}(?![0-9]|[.,/][0-9])")
+_UNIT_EXPONENT = re.compile(r"(?=\^)(?<=[A-Za-z}])\^\s*(?:\{\s*[0-9]+\s*\}|[0-9])")  # cm^2, \text{m}^{3}
+_STEP_NUMBER = re.compile(r"(?i)(?=[spc])\b(step|part|case)[ \t]?#?[0-9]{1,3}(?![0-9]|[.,/][0-9])")
 _LIST_NUMBER = re.compile(          # "3. Compute", "#### 2) Check", "- **1.** Add" at a line start
     r"(?m)^([ \t]*(?:#{1,6}[ \t]*)?(?:[-*+][ \t]+)?(?:\*\*)?)[0-9]{1,3}[.)](?=\**[ \t]+\**[^\W\d_])")
+# A pattern's leading (?=...) only lets the regex engine skip other positions fast.
 _NUMBER_PATTERN = (                 # one number token; ASCII digits only
-    r"(?:(?<![0-9.,/])[-+]?(?:[0-9]+/[0-9]+"                               # 1/2
+    r"(?=[-+.0-9])(?:(?<![0-9.,/])[-+]?(?:[0-9]+/[0-9]+"                               # 1/2
     r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"             # 1,234.5, 1.5e6
     r"|(?<![0-9.,])[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?)"                      # .5 (also in .75/.25)
     r"(?![0-9]|[.,/][0-9]|[eE][-+]?[0-9])"  # never a prefix: 1/2/3, 1,2, 1.2.3 are no number
@@ -81,7 +82,7 @@ _HASHES = re.compile(r"####[ \t]*((?:(?!####)[^\n])*)")   # the rest of the line
 # a Markdown heading after ####: words and at most a section number after the first ("Explanation 2")
 _HEADING = re.compile(r"[*_# \t]*(?:[^\W\d_][^\W\d]*[ \t]+#?[0-9]{1,3}(?![0-9]|[.,/][0-9]))?[^0-9]*")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\{")
-_ANSWER_IS = re.compile(r"\banswer\s*(?:\*\*|__)?\s*(?:is\b|[:=])[:\s*]*", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"(?=[aA])\banswer\s*(?:\*\*|__)?\s*(?:is\b|[:=])[:\s*]*", re.IGNORECASE)
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # $ (not \$), \( or \[
 
 
@@ -97,7 +98,7 @@ def _normalize(text: str) -> str:
     """Every task's text: ASCII digits, ASCII minus and plus signs ('−' U+2212, '–', '－'), and
     thousands separators of any kind written as commas."""
     if not text.isascii():
-        text = _ascii_digits(text).translate(_SIGNS)
+        text = _SIGN.sub(lambda m: "+" if m.group() == "\uff0b" else "-", _ascii_digits(text))
     return _GROUP_SEPARATOR.sub(",", text)
 
 
