@@ -38,8 +38,8 @@ def worst_numeric(texts: list[str]) -> float:
             t = time.perf_counter()
             is_correct(text, "5", task)
             extract_answer(text, task)
-            for _, term in REWARD_TERMS.items():
-                term(text, "5", task)
+            for name in REWARD_TERMS:
+                REWARD_TERMS.get(name)(text, "5", task)
             worst = max(worst, time.perf_counter() - t)
     return worst
 

@@ -66,9 +66,9 @@ _LIST_NUMBER = re.compile(          # "3. Compute", "#### 2) Check", "- **1.** A
     r"(?m)^([ \t]*(?:#{1,6}[ \t]*)?(?:[-*+][ \t]+)?(?:\*\*)?)[0-9]{1,3}[.)](?=\**[ \t]+\**[^\W\d_])")
 # A pattern's leading (?=...) only lets the regex engine skip other positions fast.
 _NUMBER_PATTERN = (                 # one number token; ASCII digits only
-    r"(?=[-+.0-9])(?:(?<![0-9.,/])[-+]?(?:[0-9]+/[0-9]+"                               # 1/2
-    r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"             # 1,234.5, 1.5e6
-    r"|(?<![0-9.,])[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?)"                      # .5 (also in .75/.25)
+    r"(?=[-+.0-9])(?:(?<![0-9.,/])[-+]?(?:[0-9]+/[0-9]+"                 # 1/2
+    r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"            # 1,234.5, 1.5e6
+    r"|(?<![0-9.,])[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?)"                    # .5, also in .75/.25
     r"(?![0-9]|[.,/][0-9]|[eE][-+]?[0-9])"  # never a prefix: 1/2/3, 1,2, 1.2.3 are no number
 )
 _NUMBER = re.compile(_NUMBER_PATTERN)
@@ -454,7 +454,7 @@ def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 
     worker processes, each under a hard `timeout` (s), so this works from any thread.
 
     Decimal digits of any script, minus signs and thousands separators are normalised first (in
-    the completion and the gold), as for numeric tasks. Never raises.
+    the completion and the gold), as for numeric tasks. No pair raises: a bad one grades wrong.
     """
     grades: list[bool | tuple[str, str]] = []
     for completion, gold in zip(completions, golds, strict=True):
@@ -463,7 +463,7 @@ def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 
         except Exception:  # noqa: BLE001 - a grader must never take the training run down
             grades.append(False)
     asked = [i for i, grade in enumerate(grades) if not isinstance(grade, bool)]
-    verified = _MATH_POOL.grade([grades[i] for i in asked], max(1, workers), timeout) if asked else []
+    verified = _MATH_POOL.grade([grades[i] for i in asked], max(1, workers), timeout)
     for i, grade in zip(asked, verified, strict=True):
         grades[i] = grade
     return [bool(grade) for grade in grades]
