@@ -90,7 +90,8 @@ def test_probed_table_math():
     ("#### 18 because 6 \u00d7 3 = 18", "18"), ("<answer>18, since 20 - 2 = 18</answer>", "18"),
     ("#### 18 apples (3 bags x 6 apples = 18 apples)", "18"), ("#### 3 (.75/.25 = 3)", "3"),
     ("#### 18 = 18", "18"), ("The answer is -5 =", "-5"), ("#### 6 * 3 = about 18", "18"),
-    ("#### 0.5 (1/2)", "0.5"), ("#### 10 -4 = 6", "6"),
+    ("#### 0.5 (1/2)", "0.5"), ("#### 10 -4 = 6", "6"), ("#### 50% of 36 = 18", "18"),
+    ("The answer is 3 apples per bag times 6 bags = 18 apples.", "18"),
     # what a justification is not: a second value
     ("#### 18 (6 x 3 = 19)", None), ("#### 5 or 7 = 7", None), ("#### 5 or maybe = 7", None),
     ("#### 7 (not 5)", None), ("#### 5 - that is 7", None), ("#### 18 (3 bags of 6)", None),

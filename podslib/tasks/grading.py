@@ -74,7 +74,8 @@ _NUMBER_PATTERN = (                 # one number token; ASCII digits only
 _NUMBER = re.compile(_NUMBER_PATTERN)
 _TOKEN = re.compile(                # what an answer field is read as
     rf"(?P<number>{_NUMBER_PATTERN})"
-    r"|(?P<operator>[-+*/×·÷^]|\\(?:times|cdot|div)\b|(?<![^\W\d_])x(?![^\W\d_]))"
+    r"|(?P<operator>[-+*/×·÷^]|\\(?:times|cdot|div)\b|(?<![^\W\d_])x(?![^\W\d_])"
+    r"|(?i:\b(?:times|plus|minus|divided by|multiplied by|of)\b))"
     r"|(?P<equals>[=≈]|\\approx\b)"
     r"|(?P<space>[\s()\[\]{}]+)"
     r"|(?P<other>[^\s()\[\]{}0-9.=≈\\*/×·÷^x+-]+|.)", re.DOTALL)
