@@ -1,19 +1,28 @@
-"""Grader benchmark: worst time per completion on adversarial strings, MATH-500 self/cross grading
-rates, and score_batch throughput. Run from the repo root: `python bench/rewards.py` (needs ../shared/data)."""
+"""Grader benchmark: worst time per completion on adversarial strings, a batch of pathological
+MATH answers, MATH-500 self/cross grading rates, and score_batch throughput. Run from the repo
+root: `python bench/rewards.py [DATA]` (DATA defaults to ../shared/data)."""
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
 from podslib.tasks.grading import extract_answer, grade_math, is_correct, start_math_pool
 from podslib.tasks.rewards import REWARD_TERMS, score_batch
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_DATA
 ADVERSARIAL = [
     "\\boxed{" * 20000, "\\boxed{" * 3000 + "1" + "}" * 3000, "9" * 100_000, "{" * 50_000,
     "1," * 50_000, "####" * 25_000, "<answer>" * 10_000, "$10**10**10$", "-" * 100_000 + "5",
     "\\boxed{" + "9" * 5000 + "}", "\\boxed{10^{10^{10^{10}}}}", "The answer is " * 7000,
+    "\\boxed{Step 3: " * 5000, "#### Step 3\n" * 8000, "1\\," * 30000, "6 x 3 = " * 12000,
 ]
+PATHOLOGICAL_MATH = [  # answers no MATH problem has (issue 21: 18 of them took 24 s in one batch)
+    "\\boxed{" + "{" * 50_000 + "}", "{" * 50_000, "\\boxed{" + "\\frac{1}{" * 5000 + "2" + "}" * 5000 + "}",
+    "\\boxed{2^{2^{2^{2^{100}}}}}", "\\boxed{10^{10^{10}}}", "\\boxed{(10!)!}", "\\boxed{9^{9^{9}}}",
+    "$" + "(" * 3000 + "1" + ")" * 3000 + "$", "\\boxed{" + "9" * 5000 + "}",
+] * 2
 
 
 def random_unicode(rng: random.Random, n: int) -> str:
@@ -29,8 +38,8 @@ def worst_numeric(texts: list[str]) -> float:
             t = time.perf_counter()
             is_correct(text, "5", task)
             extract_answer(text, task)
-            for term in REWARD_TERMS.values():
-                term(text, "5", task)
+            for name in REWARD_TERMS:
+                REWARD_TERMS.get(name)(text, "5", task)
             worst = max(worst, time.perf_counter() - t)
     return worst
 
@@ -51,6 +60,10 @@ def main() -> None:
           f"{worst_numeric(fuzz) * 1e3:.1f} ms")
     start_math_pool(2)
     print(f"math worst per completion (5 s hard limit): {worst_math(fuzz[:40] + ADVERSARIAL):.2f} s")
+    t = time.perf_counter()
+    wrong = not any(grade_math(PATHOLOGICAL_MATH, ["5"] * len(PATHOLOGICAL_MATH), workers=2))
+    print(f"math batch of {len(PATHOLOGICAL_MATH)} pathological answers: "
+          f"{(time.perf_counter() - t) * 1e3:.0f} ms (all wrong: {wrong})")
 
     rows = [json.loads(line) for line in (DATA / "math500" / "test.jsonl").read_text().splitlines()]
     solutions, answers = [r["solution"] for r in rows], [r["answer"] for r in rows]

@@ -14,7 +14,6 @@ from podslib.tasks.grading import (
     is_correct,
     last_boxed,
     normalize_number,
-    numbers_equal,
     start_math_pool,
 )
 from podslib.tasks.rewards import REWARD_TERMS, score_batch
@@ -32,6 +31,8 @@ from podslib.tasks.rewards import REWARD_TERMS, score_batch
     ("1e61", None), ("1e999999", None), ("1e" + "9" * 5000, None),
     ("1,000,000", "1000000"), ("1,00", None), ("1,0000", None), ("1 000", None), ("1.2.3", None),
     ("٥", "5"), ("١٢٫٥", None), ("１２", "12"), ("५०", "50"), ("5 or 7", None),
+    ("\u22125", "-5"), (".5", "0.5"), ("-.25", "-0.25"), ("1\\,000", "1000"), ("1{,}000", "1000"),
+    ("\\dfrac12", "0.5"), ("\\$32,\\!348", "32348"), ("2 \\times 10^{3}", "2000"), ("5 = 7", None),
 ])
 def test_normalize_number(text, expected):
     assert normalize_number(text) == expected
@@ -69,7 +70,7 @@ def test_extract_answer_math():
 @pytest.mark.parametrize("completion, gold, expected", [
     ("#### 18", "18", True), ("#### 18.00", "18", True), ("#### $1,000", "1000", True),
     ("#### -5", "-5", True), ("#### 5", "-5", False), ("#### 17", "18", False),
-    ("#### 0.5", "0.50", True), ("#### 0.5000001", "0.5", True), ("#### 0.51", "0.5", False),
+    ("#### 0.5", "0.50", True), ("#### 0.5000001", "0.5", False), ("#### 0.51", "0.5", False),
     ("<think>\n2*9\n</think>\n<answer>\n18\n</answer>", "18", True),
     ("#### 5 wait no, it is 18", "18", False),               # a hedge: no answer
     ("#### 5 wait no, it is 18", "5", False),
@@ -217,29 +218,6 @@ def test_math_grader_never_raises(text):
 
 
 # --------------------------------------------------------------------------- one answer each
-
-# Golds pairwise further apart than 2 * ABS_TOL, so one answer can equal at most one of them.
-GOLD_POOL = ["0", "1", "2", "5", "7", "-5", "0.5", "1/3", "12", "57", "1000", "100000"]
-FRAGMENTS = ["#### ", "<answer>", "</answer>", "\\boxed{", "}", "The answer is ", "answer is: ",
-             " or ", " and ", "\n", ". ", ", ", " ", "$", "%", "5", "7", "-5", "1/2", "1/3",
-             "0.5", "1e5", "1E999999", "1,000", "12", "57", "٥", "７", "\\frac{1}{2}", "/", "e",
-             ".", ",", "<think>", "</think>"]
-hedgy = st.lists(st.sampled_from(FRAGMENTS), max_size=12).map("".join)
-
-
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(text=st.one_of(hedgy, numberish, st.text(max_size=300)))
-def test_no_completion_is_correct_for_two_golds(text):
-    """One completion, one answer: at most one gold of the pool is graded correct, and
-    is_correct says exactly whether the extracted answer equals the gold."""
-    for task in ("gsm8k", "arith"):
-        correct = [g for g in GOLD_POOL if is_correct(text, g, task)]
-        assert len(correct) <= 1, (text, correct)
-        answer = extract_answer(text, task)
-        for gold in GOLD_POOL:
-            expected = answer is not None and numbers_equal(answer, normalize_number(gold))
-            assert is_correct(text, gold, task) is expected, (text, gold)
-
 
 MATH_HEDGES = [  # (completion, the one gold of "5", "7", "\\frac{1}{2}" it answers, or None)
     ("\\boxed{5} or \\boxed{7}", "7"),                    # the last \\boxed is the answer

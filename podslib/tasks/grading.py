@@ -2,18 +2,25 @@
 
 One completion yields exactly one answer and only that answer is graded (docs/grading.md):
 
-- GSM8K and arith: the first answer field (`#### x` line, `<answer>` block, last `\\boxed{}`,
-  "The answer is x" line) that holds a number, else the last number of the text; a field with
-  two different numbers is a hedge and no answer. Numbers (decimals, thousands commas, 1/2,
-  1.5e6, any script's digits) are compared exactly as fractions within ABS_TOL, with capped
-  digit counts so that "10**10**10"-style strings cannot blow up.
-- MATH: math-verify (`parse` the gold first, then `verify(gold, answer)`, which is not symmetric)
-  on the one extracted answer, in a worker process under a hard per-completion deadline:
-  math-verify's signal timeouts only work in the main thread and cannot interrupt C code such
-  as a huge integer power; a worker process can always be killed.
+- GSM8K and arith: the first answer field that holds a digit decides: the last `####` line that
+  is not a Markdown heading, the last `<answer>` block, the last `\\boxed{}`, the rest of the line
+  after the last "answer is" / "answer:"; with no such field, the last number of the text. A field
+  states the numbers outside the working of its equations (`18 (6 x 3 = 18)` states 18 twice);
+  they must all be one value, else (a hedge, an unreadable number) there is no answer. Numbers
+  (decimals, thousands separators, fractions, 1.5e6, LaTeX forms, any script's digits and minus
+  signs) are compared exactly, as canonical text, so one answer equals at most one gold; digit
+  counts are capped so that "10**10**10"-style strings cannot blow up.
+- MATH: the extracted answer (`<answer>` block, else last `\\boxed{}`) is compared exactly when it
+  and the gold are plain numbers; an answer no reasonable MATH answer looks like (too long, nested
+  too deep, a tower of powers, a huge number or factorial) is wrong at once; anything else goes to
+  math-verify (`parse` the gold first, then `verify(gold, answer)`, which is not symmetric) in a
+  worker process under a hard per-completion deadline: math-verify's signal timeouts only work in
+  the main thread and cannot interrupt C code such as a huge integer power; a worker process can
+  always be killed.
 
-Graders never raise, and are linear-time (numeric) or bounded by the deadline (MATH). The
-reward terms built on them are in `podslib.tasks.rewards`.
+Graders never raise, and are linear-time (numeric, and the MATH checks before math-verify) or
+bounded by the deadline (math-verify). The reward terms built on them are in
+`podslib.tasks.rewards`.
 """
 from __future__ import annotations
 
@@ -32,25 +39,51 @@ from podslib.registry import Registry
 # task -> fn(completions [N], golds [N], workers) -> [N] correct or not (graded in one call)
 GRADERS = Registry("task")
 
-MAX_NUMBER_DIGITS = 60          # longer numbers compare as strings; a longer fraction or exponent: unread
-MAX_MATH_CHARS = 4000           # math-verify sees at most 4000 characters of a completion
+MAX_NUMBER_DIGITS = 60          # a longer fraction, or an exponent beyond +-60: unreadable
+MAX_MATH_CHARS = 4000           # without an extracted answer, math-verify sees the last 4000 characters
+MAX_MATH_ANSWER_CHARS = 1000    # a longer extracted MATH answer is no answer
+MAX_MATH_DEPTH = 10             # brackets nested deeper: no answer (math-verify's cost doubles per level)
+MAX_MATH_DIGITS = 100           # a longer run of digits: no answer
 MATH_TIMEOUT_S = 5.0            # hard limit per MATH completion (parse + verify)
-ABS_TOL = Fraction(1, 10**6)    # numeric tolerance (absolute: 1450000 != 1450001)
 
 # --------------------------------------------------------------------------- text helpers
 
 _OTHER_DIGITS = re.compile(r"[^\D0-9]")     # `\d` is Unicode: decimal digits of other scripts
-_CURRENCY = re.compile("[$€£¥₹¢]")
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\{\s*(-?[0-9]+)\s*\}\{\s*([0-9]+)\s*\}")
-_NUMBER = re.compile(                       # one number token; ASCII digits only
-    r"(?<![0-9.,/])[-+]?"
-    r"(?:[0-9]+/[0-9]+"                                              # 1/2
-    r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"       # 1,234.5 or 1.5e6
+_SIGN = re.compile("[\u2212\u2013\ufe63\uff0d\uff0b]")        # − – ﹣ － ＋
+# a thin or no-break space (Unicode, or LaTeX \, \: \; \! \  ~) or a LaTeX comma ({,} ,\!) between
+# digit groups of three, written as a thousands comma: 1\,000, 1{,}000, 1,\!000 and 1 000 -> 1,000
+_GROUP_SEPARATOR = re.compile(
+    r"(?<=[0-9])(?:[\u00a0\u2007\u2009\u202f~]|\\[,:; !]|\{,\}|,\\! ?)(?=[0-9]{3}(?![0-9]))")
+_CURRENCY = re.compile(r"\\?[$€£¥₹¢]")
+_LATEX_FRAC = re.compile(           # \frac{1}{2}, \dfrac12, \tfrac1{2} -> 1/2
+    r"\\[dt]?frac\s*(?:\{\s*(-?[0-9]+)\s*\}|([0-9]))\s*(?:\{\s*([0-9]+)\s*\}|([0-9]))")
+_POWER_OF_TEN = re.compile(         # 1.5 \times 10^{6}, 2*10^3, 10^{-3} -> 1.5e6, 2e3, 1e-3
+    r"(?=[0-9])(?<![0-9.])(?:([0-9]+(?:\.[0-9]+)?)\s*(?:\\times|\\cdot|[×·*x])\s*)?10\s*\^\s*"
+    r"(?:\{\s*([-+]?[0-9]+)\s*\}|([0-9]+))")
+_UNIT_EXPONENT = re.compile(r"(?=\^)(?<=[A-Za-z}])\^\s*(?:\{\s*[0-9]+\s*\}|[0-9])")  # cm^2, \text{m}^{3}
+_STEP_NUMBER = re.compile(r"(?i)(?=[spc])\b(step|part|case)[ \t]?#?[0-9]{1,3}(?![0-9]|[.,/][0-9])")
+_LIST_NUMBER = re.compile(          # "3. Compute", "#### 2) Check", "- **1.** Add" at a line start
+    r"(?m)^([ \t]*(?:#{1,6}[ \t]*)?(?:[-*+][ \t]+)?(?:\*\*)?)[0-9]{1,3}[.)](?=\**[ \t]+\**[^\W\d_])")
+# A pattern's leading (?=...) only lets the regex engine skip other positions fast.
+_NUMBER_PATTERN = (                 # one number token; ASCII digits only
+    r"(?=[-+.0-9])(?:(?<![0-9.,/])[-+]?(?:[0-9]+/[0-9]+"                 # 1/2
+    r"|[0-9]+(?:,[0-9]{3})*(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)"            # 1,234.5, 1.5e6
+    r"|(?<![0-9.,])[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?)"                    # .5, also in .75/.25
     r"(?![0-9]|[.,/][0-9]|[eE][-+]?[0-9])"  # never a prefix: 1/2/3, 1,2, 1.2.3 are no number
 )
-_HASHES = re.compile(r"####\s*([^\n]*)")
+_NUMBER = re.compile(_NUMBER_PATTERN)
+_TOKEN = re.compile(                # what an answer field is read as
+    rf"(?P<number>{_NUMBER_PATTERN})"
+    r"|(?P<operator>[-+*/×·÷^]|\\(?:times|cdot|div)\b|(?<![^\W\d_])x(?![^\W\d_])"
+    r"|(?i:\b(?:times|plus|minus|divided by|multiplied by|of)\b))"
+    r"|(?P<equals>[=≈]|\\approx\b)"
+    r"|(?P<space>[\s()\[\]{}]+)"
+    r"|(?P<other>[^\s()\[\]{}0-9.=≈\\*/×·÷^x+-]+|.)", re.DOTALL)
+_HASHES = re.compile(r"####[ \t]*((?:(?!####)[^\n])*)")   # the rest of the line, up to a next ####
+# a Markdown heading after ####: words and at most a section number after the first ("Explanation 2")
+_HEADING = re.compile(r"[*_# \t]*(?:[^\W\d_][^\W\d]*[ \t]+#?[0-9]{1,3}(?![0-9]|[.,/][0-9]))?[^0-9]*")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\{")
-_ANSWER_IS = re.compile(r"answer is[:\s]*([^\n]*)", re.IGNORECASE)
+_ANSWER_IS = re.compile(r"(?=[aA])\banswer\s*(?:\*\*|__)?\s*(?:is\b|[:=])[:\s*]*", re.IGNORECASE)
 _MATH_DELIMITER = re.compile(r"(?<!\\)\$|\\\(|\\\[")  # $ (not \$), \( or \[
 
 
@@ -62,9 +95,20 @@ def _ascii_digits(text: str) -> str:
     return _OTHER_DIGITS.sub(lambda m: str(unicodedata.decimal(m.group())), text)
 
 
+def _normalize(text: str) -> str:
+    """Every task's text: ASCII digits, ASCII minus and plus signs ('−' U+2212, '–', '－'), and
+    thousands separators of any kind written as commas."""
+    if not text.isascii():
+        text = _SIGN.sub(lambda m: "+" if m.group() == "\uff0b" else "-", _ascii_digits(text))
+    return _GROUP_SEPARATOR.sub(",", text)
+
+
 def _prepare(text: str) -> str:
-    """Numeric-task text: ASCII digits, no currency symbols, \\frac{a}{b} written a/b."""
-    return _LATEX_FRAC.sub(r"\1/\2", _CURRENCY.sub("", _ascii_digits(text)))
+    """Numeric-task text: `_normalize`d, no currency symbols, LaTeX numbers written plainly
+    (\\frac{a}{b} as a/b, a \\times 10^{b} as aeb), no exponents of units, no step and list numbers."""
+    text = _LATEX_FRAC.sub(r"\1\2/\3\4", _CURRENCY.sub("", _normalize(text)).replace("\\%", "%"))
+    text = _UNIT_EXPONENT.sub("", _POWER_OF_TEN.sub(lambda m: f"{m[1] or 1}e{m[2] or m[3]}", text))
+    return _LIST_NUMBER.sub(r"\1", _STEP_NUMBER.sub(r"\1", text))
 
 
 def _last_block(text: str, open_tag: str, close_tag: str) -> str | None:
@@ -130,7 +174,8 @@ def _fraction_text(value: Fraction) -> str:
 
 def _read(token: str) -> str | None:
     """Canonical text of one `_NUMBER` token, or None when it has no value here: a zero
-    denominator, a fraction longer than MAX_NUMBER_DIGITS characters, |exponent| above it."""
+    denominator, a fraction longer than MAX_NUMBER_DIGITS characters, |exponent| above it.
+    Two numbers are equal exactly when their canonical texts are."""
     sign = "-" if token[0] == "-" else ""
     body = token.lstrip("+-")
     if "/" in body:
@@ -152,54 +197,83 @@ def normalize_number(text: str) -> str | None:
     """Canonical text of `text` if it is exactly one number, else None.
 
     Ignores surrounding whitespace, currency symbols, a trailing '%' or '.'; reads any script's
-    decimal digits, thousands commas, decimals, fractions and scientific notation:
-    "$1,000" -> "1000", "18.00" -> "18", "+7" -> "7", "1/2" -> "0.5", "1/3" -> "1/3",
-    "1.5e3" -> "1500", "٥" -> "5"; "1 000", "5 or 7", "1e999" -> None.
+    decimal digits and minus signs, thousands separators, decimals, fractions, scientific
+    notation and their LaTeX forms: "$1,000" -> "1000", "18.00" -> "18", "+7" -> "7",
+    "1/2" -> "0.5", "\\dfrac12" -> "0.5", "1/3" -> "1/3", "1.5e3" -> "1500", "1\\,000" -> "1000",
+    "٥" -> "5", "−5" -> "-5"; "1 000", "5 or 7", "1e999" -> None.
     """
     s = _prepare(text).strip().rstrip(".%")
     return _read(s) if _NUMBER.fullmatch(s) else None
-
-
-def _to_fraction(canonical: str) -> Fraction | None:
-    return None if len(canonical) > MAX_NUMBER_DIGITS else Fraction(canonical)
-
-
-def numbers_equal(a: str, b: str) -> bool:
-    """True when two canonical numbers agree within ABS_TOL (exact string match past the digit cap)."""
-    if a == b:
-        return True
-    fa, fb = _to_fraction(a), _to_fraction(b)
-    if fa is None or fb is None:
-        return False
-    return abs(fa - fb) <= ABS_TOL
 
 
 # --------------------------------------------------------------------------- extraction
 
 def _answer_fields(text: str) -> Iterator[str]:
     """A numeric completion's answer fields in search order, each found only when reached: the
-    rest of the line after the last `####`, the last <answer> block, the last \\boxed{}, the rest
-    of the line after the last "answer is"."""
-    hashes = _HASHES.findall(text)
-    if hashes:
-        yield hashes[-1]
+    rest of the last `####` line that is not a heading, the last <answer> block, the last
+    \\boxed{}, the rest of the line after the last "answer is" or "answer:"."""
+    for line in reversed(_HASHES.findall(text)):
+        if not _HEADING.fullmatch(line):
+            yield line
+            break
     for find in (answer_block, last_boxed):
         content = find(text)
         if content is not None:
             yield content
-    said = _ANSWER_IS.findall(text)
-    if said:
-        yield said[-1]
+    said = None
+    for said in _ANSWER_IS.finditer(text):
+        pass
+    if said is not None:
+        end = text.find("\n", said.end())
+        yield text[said.end():end if end >= 0 else len(text)]
+
+
+def _stated_numbers(field: str) -> list[str]:
+    """The number tokens a field states: all but the working of its equations. Working is an
+    arithmetic run (numbers joined by operators, words such as units between), or one number,
+    that `=` and then a result follow: `18 (6 x 3 = 18)` and `3 apples + 15 apples = 18` state
+    18 only; `5 or 7` and `5 or maybe = 7` state 5 and 7; `18 =` states 18."""
+    stated: list[str] = []
+    run: list[str] = []          # the numbers of the arithmetic run being read
+    working: list[str] = []      # a run before `=`: dropped once a result follows
+    joined = False               # an operator since the run's last number
+    worded = False               # words since the run's last number
+    for match in _TOKEN.finditer(field):
+        kind, token = match.lastgroup, match.group()
+        if kind == "number":
+            if run and not joined and token[0] not in "+-":    # "5 7", "5 or 7": a new run
+                stated += run
+                run = []
+            run.append(token)
+            working, joined, worded = [], False, False
+        elif kind == "operator":
+            joined, worded = True, False
+        elif kind == "equals":
+            if len(run) == 1 and worded:                       # "5 or maybe = 7": 5 stays
+                stated += run
+                run = []
+            working, run, joined, worded = run or working, [], False, False
+        elif kind == "other":
+            if joined:                                         # "5 - that is 7": not one run
+                stated += run
+                run, joined = [], False
+            worded = True
+    return stated + working + run
+
+
+def _field_answer(field: str) -> str | None:
+    """The value every number the field states has, or None: two different values (a hedge) or
+    an unreadable number."""
+    values = {_read(token) for token in _stated_numbers(field)}
+    return values.pop() if len(values) == 1 else None
 
 
 def _numeric_answer(text: str) -> str | None:
-    """GSM8K/arith, on `_prepare`d text: the first answer field that holds a number decides. Its
-    answer is that number when all its numbers are equal; two different numbers (a hedge) or an
-    unreadable one make no answer. With no such field, the last number in the text."""
+    """GSM8K/arith, on `_prepare`d text: the first answer field that holds a digit decides (its
+    `_field_answer`); with no such field, the last number in the text."""
     for field in _answer_fields(text):
-        values = {_read(token) for token in set(_NUMBER.findall(field))}
-        if values:
-            return values.pop() if len(values) == 1 else None
+        if any("0" <= c <= "9" for c in field):
+            return _field_answer(field)
     tokens = _NUMBER.findall(text)
     return _read(tokens[-1]) if tokens else None
 
@@ -218,13 +292,13 @@ def _math_answer(text: str) -> str | None:
 
 def extract_answer(text: str, task: str) -> str | None:
     """The one answer written in `text` for `task` (canonical number for numeric tasks, ASCII
-    digits for all), or None if it has none. Never raises: non-str input or an unknown task
-    give None."""
+    digits and signs for all), or None if it has none. Never raises: non-str input or an unknown
+    task give None."""
     if not isinstance(text, str) or task not in GRADERS:
         return None
     try:
         if task in ("math", "math500"):
-            return _math_answer(_ascii_digits(text))
+            return _math_answer(_normalize(text))
         return _numeric_answer(_prepare(text))
     except Exception:  # noqa: BLE001 - a grader must never take the training run down
         return None
@@ -233,30 +307,59 @@ def extract_answer(text: str, task: str) -> str | None:
 # --------------------------------------------------------------------------- grading
 
 def _numeric_correct(completion: str, gold: str) -> bool:
-    """True when the one extracted answer equals the gold number (within ABS_TOL)."""
+    """True when the one extracted answer is the gold number (equal canonical texts)."""
     want, got = normalize_number(gold), _numeric_answer(_prepare(completion))
-    return want is not None and got is not None and numbers_equal(got, want)
+    return want is not None and got == want
 
 
-def _math_candidate(completion: str) -> str:
-    """The one string math-verify parses: the extracted answer in $...$ (as it is if it has its
-    own math delimiters; an escaped \\$ is not one), else the completion's last MAX_MATH_CHARS
-    characters, from which math-verify extracts one answer itself (several expressions there
-    form one set)."""
-    answer = _math_answer(completion)
+_HUGE_NUMBER = re.compile(rf"[0-9]{{{MAX_MATH_DIGITS + 1},}}")
+_NUMERIC_TOWER = re.compile(r"\^\s*[{(][^{}()]*[0-9]\s*\^")      # a number's power in an exponent
+_HUGE_FACTORIAL = re.compile(r"(?:[0-9]{5}|[!}]\s*\)|\^\s*\{[^{}]*\})\s*!")  # 10000!, (10!)!, 2^{10}!
+_BRACKET = re.compile(r"[{}()\[\]]")
+
+
+def _unreasonable(candidate: str) -> bool:
+    """True for what no MATH answer looks like and math-verify (sympy) may spend seconds on: a
+    number of more than MAX_MATH_DIGITS digits, a power of a number inside an exponent
+    (2^{2^{100}}), a factorial of a 5-digit number, of a factorial or of a power ((10!)!), or
+    brackets nested more than MAX_MATH_DEPTH deep (\\frac nested 5000 deep, 50000 braces)."""
+    if any(p.search(candidate) for p in (_HUGE_NUMBER, _NUMERIC_TOWER, _HUGE_FACTORIAL)):
+        return True
+    depth = 0
+    for bracket in _BRACKET.finditer(candidate):
+        depth = depth + 1 if bracket.group() in "{([" else max(depth - 1, 0)
+        if depth > MAX_MATH_DEPTH:
+            return True
+    return False
+
+
+def _math_candidate(completion: str, answer: str | None) -> str | None:
+    """The one string math-verify parses for a completion and its `_math_answer`, or None (wrong
+    at once): the answer in $...$ (as it is if it has its own math delimiters; an escaped \\$ is
+    not one), else the completion's last MAX_MATH_CHARS characters, from which math-verify
+    extracts one answer itself (several expressions there form one set); None when the answer is
+    longer than MAX_MATH_ANSWER_CHARS or the string is `_unreasonable`."""
     if answer is None:
-        return completion[-MAX_MATH_CHARS:]
-    answer = answer[:MAX_MATH_CHARS]
-    return answer if _MATH_DELIMITER.search(answer) else f"${answer}$"
+        candidate = completion[-MAX_MATH_CHARS:]
+    elif len(answer) > MAX_MATH_ANSWER_CHARS:
+        return None
+    else:
+        candidate = answer if _MATH_DELIMITER.search(answer) else f"${answer}$"
+    return None if _unreasonable(candidate) else candidate
 
 
-def _math_verify(completion: str, gold: str) -> bool:
+def _plain_number(text: str) -> str | None:
+    """Canonical text of a MATH answer or gold that is one number and no percentage, else None."""
+    return None if "%" in text else normalize_number(text)
+
+
+def _math_verify(candidate: str, gold: str) -> bool:
     """math-verify without its own (signal) timeouts; run it under `_MathPool`."""
     from math_verify import parse, verify
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its "timeout disabled" notice
     gold_parsed = parse(f"${gold}$", parsing_timeout=None)
-    answer = parse(_math_candidate(completion), parsing_timeout=None)
+    answer = parse(candidate, parsing_timeout=None)
     return bool(gold_parsed and answer and verify(gold_parsed, answer, timeout_seconds=None))
 
 
@@ -331,16 +434,40 @@ def start_math_pool(workers: int) -> None:
         _MATH_POOL._ensure(max(1, workers))
 
 
+def _math_pair(completion: object, gold: object) -> bool | tuple[str, str]:
+    """One MATH pair decided in this process (a bool), or the (candidate, gold) math-verify
+    decides: non-str input, an unreasonable answer or two plain numbers (compared exactly, as
+    for numeric tasks: 0.5000001 is not 0.5) need no math-verify."""
+    if not isinstance(completion, str) or not isinstance(gold, str):
+        return False
+    completion, gold = _normalize(completion), _normalize(gold)
+    answer = _math_answer(completion)
+    got, want = (None if answer is None else _plain_number(answer)), _plain_number(gold)
+    if got is not None and want is not None:
+        return got == want
+    candidate = _math_candidate(completion, answer)
+    return False if candidate is None else (candidate, gold)
+
+
 def grade_math(completions: Sequence[str], golds: Sequence[str], workers: int = 1,
                timeout: float = MATH_TIMEOUT_S) -> list[bool]:
-    """math-verify grades for aligned completions and golds, each under a hard `timeout` (s).
+    """MATH grades for aligned completions and golds; what math-verify decides runs in `workers`
+    worker processes, each under a hard `timeout` (s), so this works from any thread.
 
-    Works from any thread: the work runs in `workers` worker processes. Decimal digits of any
-    script are read as ASCII digits (in the completion and the gold), as for numeric tasks.
+    Decimal digits of any script, minus signs and thousands separators are normalised first (in
+    the completion and the gold), as for numeric tasks. No pair raises: a bad one grades wrong.
     """
-    pairs = [(_ascii_digits(c), _ascii_digits(g)) if isinstance(c, str) and isinstance(g, str)
-             else ("", "") for c, g in zip(completions, golds, strict=True)]
-    return _MATH_POOL.grade(pairs, max(1, workers), timeout)
+    grades: list[bool | tuple[str, str]] = []
+    for completion, gold in zip(completions, golds, strict=True):
+        try:
+            grades.append(_math_pair(completion, gold))
+        except Exception:  # noqa: BLE001 - a grader must never take the training run down
+            grades.append(False)
+    asked = [i for i, grade in enumerate(grades) if not isinstance(grade, bool)]
+    verified = _MATH_POOL.grade([grades[i] for i in asked], max(1, workers), timeout)
+    for i, grade in zip(asked, verified, strict=True):
+        grades[i] = grade
+    return [bool(grade) for grade in grades]
 
 
 @GRADERS.register("gsm8k", "arith")
