@@ -273,8 +273,9 @@ class Worker:
             kind, payload = "error", f"its process ended (exit code {self.process.exitcode})"
         if kind == "error":
             last = payload.strip().splitlines()[-1]
-            raise WorkerError(self.variant.name, f"variant {self.variant.name!r} failed: {last} "
-                                                 f"(its log: {self.log})")
+            where = f"its log: {self.log}" if self.log.exists() else "it wrote no log"
+            raise WorkerError(self.variant.name,
+                              f"variant {self.variant.name!r} failed: {last} ({where})")
         return payload
 
 
@@ -500,7 +501,8 @@ def run(config_file: str | Path, steps: int = STEPS, warmup: int = WARMUP,
     """`pods cost`: measure (see the module docstring), predict, and write
     results/<experiment>/cost.{md,csv} (a sweep: cost_<field>.{md,csv}; `write` False: none).
     Every bad argument raises ValueError before anything runs; a failing variant raises
-    WorkerError naming it."""
+    WorkerError naming it. The workers are spawned processes: a script that calls this needs an
+    `if __name__ == "__main__":` guard (a notebook or the `pods` command does not)."""
     for name, value, low in (("--steps", steps, 1), ("--warmup", warmup, 0),
                              ("--jobs", 1 if jobs is None else jobs, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
