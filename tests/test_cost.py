@@ -224,6 +224,15 @@ def test_memory_timer_peak_is_per_phase():
         assert timer.peak["generate"] - timer.peak["update"] > 250 * 2 ** 20
 
 
+def test_a_busy_machine_is_named():
+    """A load average above half the CPUs before the measurement gets a warning line."""
+    meta = {"device": "cpu", "cpus": 2, "jobs": 2, "started": "now", "engine": "vllm",
+            "load_before": 8.8, "load_after": 14.4, "warmup": 3, "steps": 40, "seconds": 199}
+    assert L.busy_note(meta).startswith("note: the machine was busy (load average 8.8 on 2 CPUs")
+    assert "load average 8.8 before, 14.4 after" in L.header(meta)
+    assert L.busy_note({**meta, "load_before": 1.0}) == ""
+
+
 def test_parse_sweep():
     assert L.parse_sweep("n=16,32, 64") == ("n", [16, 32, 64])
     assert L.parse_sweep("rule=random,max_variance") == ("rule", ["random", "max_variance"])

@@ -623,17 +623,30 @@ def compact_check(check: pd.DataFrame) -> pd.DataFrame:
 
 
 def header(meta: dict[str, Any]) -> str:
-    where = (f"{meta['cpus']} CPUs, {meta['jobs']} variants at a time, one torch thread each"
-             if meta["device"] == "cpu" else f"device {meta['device']}, one variant at a time")
+    """When, where and how the measurement ran, in one line."""
+    cpu = meta["device"] == "cpu"
+    where = (f"{meta['cpus']} CPUs, {meta['jobs']} variant(s) at a time"
+             + (", one torch thread each" if cpu else f" on {meta['device']}"))
     return (f"{meta['started']}, {where}, engine {meta['engine']}; load average "
             f"{meta['load_before']:.1f} before, {meta['load_after']:.1f} after; "
             f"{meta['warmup']} warm-up + {meta['steps']} timed steps per variant, measured in "
             f"{meta['seconds']:.0f} s; 95% bootstrap intervals over the rounds")
 
 
+def busy_note(meta: dict[str, Any]) -> str:
+    """A warning when other work shared the machine (a load average above half the CPUs before
+    the measurement), else ''."""
+    if meta["load_before"] <= 0.5 * meta["cpus"]:
+        return ""
+    return (f"note: the machine was busy (load average {meta['load_before']:.1f} on "
+            f"{meta['cpus']} CPUs before the measurement): other processes took time from the "
+            "variants unevenly, so c may be off; measure again on an otherwise idle machine")
+
+
 def text(report: CostReport) -> str:
     """What the command prints: the table, the sentences, the check."""
-    lines = [f"{report.experiment}: {header(report.meta)}",
+    note = busy_note(report.meta)
+    lines = [f"{report.experiment}: {header(report.meta)}", *([note] if note else []),
              compact(report.table).to_string(index=False), "", *report.sentences]
     if len(report.check):
         lines += ["", "against your runs of the experiment:",
@@ -648,7 +661,8 @@ def markdown(report: CostReport) -> str:
              (f"`pods cost {m['config']}{sweep}`: {header(m)}. Phases in seconds per "
              "step (the training clock); c = a variant's seconds per step over the "
              f"{m['baseline']}'s; the predicted wall-clock speedup is the per-step gain / c "
-             "(docs/cost.md).\n"), "## The prediction\n",
+             "(docs/cost.md).\n"), *([f"**{busy_note(m)}**\n"] if busy_note(m) else []),
+             "## The prediction\n",
              *[f"- {s}" for s in report.sentences], "",
              "## Per variant\n", R.markdown_table(compact(report.table))]
     if len(report.check):
