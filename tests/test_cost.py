@@ -224,6 +224,35 @@ def test_memory_timer_peak_is_per_phase():
         assert timer.peak["generate"] - timer.peak["update"] > 250 * 2 ** 20
 
 
+def test_regime_maps_and_the_prediction_figure(tmp_path):
+    """Per variant with a gain: the map spans c from 1 (or below the measured interval) to the
+    paper's c or the interval's top, and equals gain / c along it; the figure draws it."""
+    from podslib.analysis import plots
+
+    table = pd.DataFrame({
+        "variant": ["grpo", "pods", "n8"], "c": [1.0, 1.8, 0.9], "c_ci_low": [1.0, 1.6, 0.8],
+        "c_ci_high": [1.0, 2.1, 1.0], "predicted": [np.nan, 1.5, 0.0],
+        "predicted_ci_low": [np.nan, 1.2, 0.0], "predicted_ci_high": [np.nan, 1.9, 1.1],
+        "predicted_at_most": [np.nan, 1.5, 1.2]})
+    given = S.Estimate(2.7, 2.7, 2.7, 1.0, 2.7)
+    censored = (S.Estimate(0.0, 0.0, 1.2, 1.0, 1.08), {"speedup": np.zeros(50),
+                                                       "speedup_at_most": np.full(50, 1.08)})
+    report = L.CostReport("x", table, pd.DataFrame(), [], pd.DataFrame(), {},
+                          {"pods": ("given", given, None), "n8": ("runs", *censored)}, {})
+    maps, points = L.regime_maps(report, points=11)
+    assert list(maps) == ["pods", "n8"]
+    grid = maps["pods"]["cost_ratio"].to_numpy()
+    assert (grid[0], grid[-1]) == pytest.approx((0.8, 2.1))
+    np.testing.assert_allclose(maps["pods"]["predicted"], 2.7 / grid)
+    assert (maps["n8"]["predicted"] == 0).all()
+    np.testing.assert_allclose(maps["n8"]["at_most"], 1.08 / grid)
+    assert points["pods"]["c"] == 1.8 and points["n8"]["predicted_at_most"] == 1.2
+    fig = plots.cost_prediction(maps, points, tmp_path / "map.png")
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "pods: here (c = 1.80)" in labels and "n8: at most, here (c = 0.90)" in labels
+    assert (tmp_path / "map.png").stat().st_size > 0
+
+
 def test_a_busy_machine_is_named():
     """A load average above half the CPUs before the measurement gets a warning line."""
     meta = {"device": "cpu", "cpus": 2, "jobs": 2, "started": "now", "engine": "vllm",

@@ -274,9 +274,10 @@ def cost_prediction(maps: dict[str, pd.DataFrame], points: dict[str, dict],
     for line, (name, p) in zip(ax.get_lines(), points.items(), strict=False):
         never = p["predicted"] == 0
         y = p["predicted_at_most"] if never else p["predicted"]
-        ax.errorbar([p["c"]], [y], xerr=[[p["c"] - p["c_ci_low"]], [p["c_ci_high"] - p["c"]]],
-                    yerr=[[y - p["predicted_ci_low"]], [p["predicted_ci_high"] - y]], fmt="D",
-                    color=line.get_color(), capsize=4,
+        xerr = [[max(0, p["c"] - p["c_ci_low"])], [max(0, p["c_ci_high"] - p["c"])]]
+        yerr = [[max(0, y - p["predicted_ci_low"])], [max(0, p["predicted_ci_high"] - y)]]
+        ax.errorbar([p["c"]], [y], xerr=xerr, yerr=yerr, fmt="D", color=line.get_color(),
+                    capsize=4,
                     label=f"{name}: {'at most, ' if never else ''}here (c = {p['c']:.2f})")
     ax.legend(fontsize=8)
     return save(fig, path)

@@ -509,6 +509,7 @@ def run(config_file: str | Path, steps: int = STEPS, warmup: int = WARMUP,
             raise ValueError(f"{name} must be an integer >= {low}; got {value!r}")
     if per_step is not None and not (isinstance(per_step, int | float) and per_step > 0):
         raise ValueError(f"--per-step must be a number > 0; got {per_step!r}")
+    load_before = os.getloadavg()[0]                   # others' work, before ours starts
     grid = load_grid(config_file)
     variants = plan(grid, baseline, only, sweep, overrides)
     root = Path(results_root or variants[0].values["results_root"]).resolve()
@@ -530,7 +531,7 @@ def run(config_file: str | Path, steps: int = STEPS, warmup: int = WARMUP,
     meta = {"experiment": grid.experiment, "config": _shown(grid.source), "steps": steps,
             "warmup": warmup, "jobs": jobs, "baseline": baseline, "sweep": sweep or "",
             "device": variants[0].config.device, "engine": variants[0].config.engine,
-            "cpus": os.cpu_count(), "load_before": os.getloadavg()[0],
+            "cpus": os.cpu_count(), "load_before": load_before,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.perf_counter()
     with rundir.locked(exp_dir, "experiment folder") if write else nullcontext():
