@@ -11,6 +11,13 @@
 #    It writes gpu_check.json, gpu_check.md and gpu_check.log under $OUT (results/gpu/ when
 #    run elsewhere); copy them to results/gpu/. Extra arguments go to gpu_check.py
 #    (e.g. `bash bench/gpu_check.sh --parts bench` to rerun the timings alone).
+# 3. `pods cost` on the device, in its own call (about 3 minutes):
+#        run(command="bash bench/gpu_check.sh cost", carry=[".gpucache", ".whl"], timeout_s=600)
+#    measures the tiny default's GRPO and PODS steps one at a time on the GPU (hf engine, the
+#    warm-start from .gpucache) and writes cost.md, cost.csv and cost.log under $OUT (copy them
+#    to results/gpu/); extra arguments go to `pods cost` (e.g. `--sweep n=8,16,32`). The `pods`
+#    command imports pandas and matplotlib: carry them as wheels (below) if the device lacks
+#    them (`python3 -c "import pandas, matplotlib"` there tells).
 #
 # Packages: on these paths podslib imports torch, transformers, peft, pyyaml, numpy and tqdm,
 # all installed on the device (math-verify, papermill and pandas are not imported). Should one
@@ -56,6 +63,19 @@ if [[ -d .gpucache ]]; then
   cache=(--cache-dir "$PWD/.gpucache")
 else
   echo "gpu_check.sh: no .gpucache (bash bench/gpu_check.sh prepare): the warm-start runs here"
+fi
+
+if [[ "${1:-}" == cost ]]; then
+  shift
+  tiny=(device=cuda engine=hf)
+  [[ -d .gpucache ]] && tiny+=("cache_dir=$PWD/.gpucache")
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+    timeout 540 "$py" -m podslib cost configs/tiny.yaml "${tiny[@]}" --results-root "$out/cost" \
+        "$@"
+  } 2>&1 | tee "$out/cost.log"
+  cp "$out"/cost/tiny/cost.md "$out"/cost/tiny/cost.csv "$out"/
+  exit 0
 fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true

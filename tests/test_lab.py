@@ -19,7 +19,7 @@ import pytest
 from podslib.lab import pipeline
 
 NOTEBOOKS = {"01_rollouts.ipynb", "02_downsampling.ipynb", "03_train.ipynb", "04_plots.ipynb",
-             "05_paper.ipynb"}
+             "05_paper.ipynb", "06_cost.ipynb"}
 
 
 def free_port() -> int:

@@ -1,4 +1,4 @@
-"""The four notebooks: committed clean with one literal parameters cell, and each executes under
+"""The notebooks: committed clean with one literal parameters cell, and each executes under
 papermill with tiny parameters (a failing cell fails the test with the cell's error)."""
 
 import ast
@@ -16,7 +16,7 @@ from podslib.analysis import results
 from podslib.config import run_id
 from podslib.lab import notebook, pipeline
 
-NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots", "05_paper"]
+NAMES = ["01_rollouts", "02_downsampling", "03_train", "04_plots", "05_paper", "06_cost"]
 
 # A grid small enough for CPU tests: untrained tiny model (no warm-start), 2 steps, 4 problems.
 TINY_BASE = {"engine": "hf", "max_steps": 2, "max_train_seconds": 0, "train_size": 50,
@@ -224,3 +224,17 @@ def test_a_tiny_grid_run_then_reported_from_its_record_alone(tmp_path, tiny_grid
         shutil.copy(exp / name, clone)
     assert main(["report", "nbtest", "--results-root", str(clone.parent), "--no-progress"]) == 0
     assert report_files(clone) == report_files(exp)
+
+
+@pytest.mark.slow
+def test_cost_notebook(tmp_path, tiny_grid):
+    """06 on the tiny grid: two real steps of each variant side by side, the phase bars and the
+    prediction on the cost-regime map saved, and results/<experiment>/cost.md written."""
+    run_notebook("06_cost", tmp_path / "06_cost.ipynb",
+                 {"config_file": str(tiny_grid), "steps": 2, "warmup": 0, "per_step": 2.0,
+                  "results_root": str(tmp_path / "res"), "write": True,
+                  "out_dir": str(tmp_path / "figures")})
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"phase_time.png",
+                                                                 "cost_regime.png"}
+    text = (tmp_path / "res" / "nbtest" / "cost.md").read_text()
+    assert "pods (4 -> 2): a PODS step costs" in text

@@ -330,3 +330,25 @@ def cost_regime(maps: dict[str, pd.DataFrame], measured: dict[str, dict] | None 
     fig.suptitle(title + "\n(band: 95% bootstrap interval over seeds)", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
+
+
+def cost_prediction(maps: dict[str, pd.DataFrame], points: dict[str, dict],
+                    path: str | Path | None = None,
+                    title: str = "Wall-clock speedup predicted at the c measured here"
+                    ) -> plt.Figure:
+    """`cost_regime` of each variant's per-step gain, with the prediction at the step-cost ratio
+    measured by `pods cost`: `points` {name: {c, c_ci_low, c_ci_high, predicted, predicted_ci_low,
+    predicted_ci_high, predicted_at_most}} drawn as a diamond with both 95% intervals (c across,
+    the speedup up; a censored prediction at its bound)."""
+    fig = cost_regime(maps, None, title=title)
+    ax = fig.axes[0]
+    for line, (name, p) in zip(ax.get_lines(), points.items(), strict=False):
+        never = p["predicted"] == 0
+        y = p["predicted_at_most"] if never else p["predicted"]
+        xerr = [[max(0, p["c"] - p["c_ci_low"])], [max(0, p["c_ci_high"] - p["c"])]]
+        yerr = [[max(0, y - p["predicted_ci_low"])], [max(0, p["predicted_ci_high"] - y)]]
+        ax.errorbar([p["c"]], [y], xerr=xerr, yerr=yerr, fmt="D", color=line.get_color(),
+                    capsize=4,
+                    label=f"{name}: {'at most, ' if never else ''}here (c = {p['c']:.2f})")
+    ax.legend(fontsize=8)
+    return save(fig, path)

@@ -8,6 +8,8 @@
     pods reproduce                                        the tiny default end to end
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
+    pods cost CONFIG [--steps K] [--only VARIANT ...] [--sweep n=16,32,64]   what a step costs here,
+                                                          and the wall-clock speedup it predicts
 
 key=value arguments may come anywhere after the command's own positionals.
 
@@ -35,7 +37,7 @@ from podslib import rundir
 from podslib.analysis import paper
 from podslib.config import Config, parse_yaml_value
 from podslib.files import NoSpaceError
-from podslib.lab import notebook, pipeline
+from podslib.lab import cost, notebook, pipeline
 from podslib.training import distributed as D
 from podslib.training.trainer import Interrupted, evaluate_checkpoint, train
 
@@ -100,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--data", default=None,
                        help="folder of the authors' logs (default: data/pods_official)")
     paper.add_argument("--out", default=None, help="output folder (default: results/paper)")
+    _cost_parser(sub)
     return parser
 
 
@@ -114,6 +117,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def _cost_parser(sub) -> None:
+    p = sub.add_parser("cost", help="run a few dozen real steps of each variant side by side on "
+                       "this machine: seconds per step, phases, memory, the step-cost ratio c "
+                       "and the wall-clock speedup it predicts (results/<experiment>/cost.md)")
+    p.add_argument("config", help="grid file, e.g. configs/tiny.yaml")
+    p.add_argument("--steps", type=int, default=cost.STEPS,
+                   help=f"timed steps per variant (default {cost.STEPS})")
+    p.add_argument("--warmup", type=int, default=cost.WARMUP,
+                   help=f"warm-up steps per variant, not counted (default {cost.WARMUP})")
+    p.add_argument("--only", nargs="+", metavar="VARIANT",
+                   help="measure only these variants (and the baseline)")
+    p.add_argument("--sweep", metavar="FIELD=V1,V2,...",
+                   help="measure each variant once per value of one Config field, e.g. n=16,32,64")
+    p.add_argument("--baseline", default="grpo", help="variant c is counted in (default grpo)")
+    p.add_argument("--per-step", type=float, default=None, metavar="GAIN",
+                   help="per-step speedup to predict with (default: your runs of the "
+                   "experiment, else the paper's nearest setting)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="variants stepping at a time (default: 2 on a CPU, 1 on a GPU)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="Config fields to change in every variant, value read as YAML")
+    p.add_argument("--results-root", default=None,
+                   help="root folder of the results (default: results/ of the repository)")
+
+
+def _cost(args) -> dict:
+    try:
+        report = cost.run(args.config, steps=args.steps, warmup=args.warmup, only=args.only,
+                          sweep=args.sweep, baseline=args.baseline, per_step=args.per_step,
+                          jobs=args.jobs, results_root=args.results_root,
+                          overrides=parse_overrides(args.overrides))
+    except cost.WorkerError as err:
+        print(f"pods cost: {err}", file=sys.stderr)
+        return {"done": [], "failed": [err.variant]}
+    return {"done": [str(p) for p in report.paths], "failed": []}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -176,6 +216,8 @@ def _dispatch(args) -> dict:
             args.overrides))
         print(json.dumps(result, indent=2))
         return {"done": [args.run_dir], "failed": []}
+    if args.command == "cost":
+        return _cost(args)
     if args.command == "paper":
         paths = paper.write(args.data or paper.DATA, args.out or paper.OUT)
         print(f"paper: {len(paths)} files under {paths[-1].parent}")

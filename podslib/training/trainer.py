@@ -212,9 +212,11 @@ class Trainer:
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
 
     # --- one step ----------------------------------------------------------------------------
-    def step(self) -> dict[str, Any]:
-        """Run step number state.step + 1 (draw, select, update, sync); returns its metrics."""
-        cfg, s, timer = self.cfg, self.state, PhaseTimer(self.device)
+    def step(self, timer: PhaseTimer | None = None) -> dict[str, Any]:
+        """Run step number state.step + 1 (draw, select, update, sync); returns its metrics.
+        `timer` times the phases (a fresh PhaseTimer by default; `pods cost` passes one that
+        also records each phase's peak memory)."""
+        cfg, s, timer = self.cfg, self.state, timer or PhaseTimer(self.device)
         drawn = draw(self.engine, self.data, cfg, s.data_pos, s.step, self.info, timer)
         s.data_pos += drawn.prompts_drawn
         with timer("select"):
