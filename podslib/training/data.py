@@ -14,7 +14,7 @@ import numpy as np
 from podslib.config import Config, TinySettings
 from podslib.seeding import derive_seed
 from podslib.tasks.datasets import Example, load_task, make_arith
-from podslib.tasks.templates import build_prompts
+from podslib.tasks.templates import build_prompts, render_prompt
 
 
 def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int = 0
@@ -61,6 +61,7 @@ class Data:
     golds: list[str]
     test_examples: list[Example]
     n_dropped: int
+    longest_prompt: int           # tokens of the longest prompt, training or test
 
 
 def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]) -> Data:
@@ -69,4 +70,18 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
     if not prompts:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
                          "training prompts; raise it")
-    return Data(prompts, [e.gold for e in kept], test, n_dropped)
+    every = prompts + [render_prompt(e, cfg.template, tokenizer) for e in test]
+    longest = max(map(len, tokenizer(every, add_special_tokens=False)["input_ids"]))
+    return Data(prompts, [e.gold for e in kept], test, n_dropped, longest)
+
+
+def engine_limits(cfg: Config, data: Data, world_size: int) -> dict[str, int]:
+    """What one rank's engine holds at once (vLLM sizes its KV cache from it on CPU):
+    max_model_len, the longest prompt and a completion; max_num_seqs, the sequences of a
+    generation round (its prompts x n) or of an evaluation (the rank's share of the test
+    problems x repeats), whichever is more."""
+    train = cfg.prompts_per_step // world_size * cfg.n
+    test = -(-len(data.test_examples) // world_size) * (1 if cfg.eval_greedy else
+                                                         cfg.eval_repeats)
+    return {"max_model_len": data.longest_prompt + cfg.max_completion_tokens,
+            "max_num_seqs": max(train, test)}

@@ -34,7 +34,7 @@ from podslib.models.loading import LoraSettings, load_policy, load_reference
 from podslib.rollout import make_engine
 from podslib.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 from podslib.training import distributed as D
-from podslib.training.data import build_data, load_examples
+from podslib.training.data import build_data, engine_limits, load_examples
 from podslib.training.evaluate import evaluate
 from podslib.training.progress import TrainingBar
 from podslib.training.step import (
@@ -154,7 +154,9 @@ class Trainer:
         self.engine = make_engine(cfg.engine, model_path=self.model.path,
                                   policy=self.model.rollout_policy, tokenizer=self.model.tokenizer,
                                   device=device, dtype=cfg.dtype, seed=cfg.seed,
-                                  gpu_memory_utilization=cfg.gpu_memory_utilization)
+                                  gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                  kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+                                  **engine_limits(cfg, self.data, info.world_size))
         self.optimizer, self.scheduler = optimizer_and_scheduler(cfg, self.model.policy)
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
 
