@@ -16,6 +16,7 @@ from typing import Any
 
 from podslib import rundir
 from podslib.config import Config
+from podslib.training.progress import bar_options
 from podslib.training.trainer import train
 
 
@@ -198,7 +199,8 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         pm.execute_notebook(str(notebook), str(output), parameters=parameters,
-                            kernel_name=kernel or default_kernel(), progress_bar=progress,
+                            kernel_name=kernel or default_kernel(),
+                            progress_bar=(bar_options() or True) if progress else False,
                             cwd=str(notebook.parent), start_timeout=120,
                             config=kernel_config())
     except pm.PapermillExecutionError as err:
