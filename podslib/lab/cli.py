@@ -8,9 +8,11 @@
     pods reproduce                                        the tiny default end to end
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
+    pods doctor                                           versions, machine, and whether the
+                                                          engines start (for bug reports)
 
-Exit status: 0 on success, 1 when a run failed (the others still ran), 2 on a usage or
-configuration error (reported in one line, nothing run).
+Exit status: 0 on success, 1 when a run failed (the others still ran) or a check of `pods
+doctor` failed, 2 on a usage or configuration error (reported in one line, nothing run).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from podslib.analysis import paper
 from podslib.config import Config, parse_yaml_value
-from podslib.lab import notebook, pipeline
+from podslib.lab import doctor, notebook, pipeline
 from podslib.training import distributed as D
 from podslib.training.trainer import evaluate_checkpoint, train
 
@@ -88,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     paper.add_argument("--data", default=None,
                        help="folder of the authors' logs (default: data/pods_official)")
     paper.add_argument("--out", default=None, help="output folder (default: results/paper)")
+    sub.add_parser("doctor", help="versions, the machine and whether each engine starts: what "
+                   "a bug report needs (exit 1 with one line per problem)")
     return parser
 
 
@@ -167,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     notebook.kernel_environment()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():      # read by torch before it was set
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.command == "doctor":
+        return doctor.main()
     try:
         out = _dispatch(args)
     except (ValueError, FileNotFoundError, OSError) as err:
