@@ -125,7 +125,7 @@ def test_single_process_teardown_leaves_a_library_group_alone(tmp_path, monkeypa
 GLOO_THREADS_AFTER_TEARDOWN = """
 import os, sys
 import torch
-from podslib import distributed as D
+from podslib.training import distributed as D
 from podslib.rollout import vllm_available
 
 D.setup("cpu")
@@ -238,7 +238,7 @@ def require_vllm() -> None:
 VLLM_ENGINE_IN_A_GROUP = """
 import os, sys
 import torch
-from podslib import distributed as D
+from podslib.training import distributed as D
 from podslib.rollout import SamplingParams, make_engine
 
 D.setup("cpu")
