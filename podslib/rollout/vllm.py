@@ -24,8 +24,7 @@
   working (see `_shutdown`).
 - The KV cache on CPU is sized by what the engine is asked to hold, not by the machine: vLLM's
   CPU worker would otherwise reserve gpu_memory_utilization of the memory node's RAM minus the
-  process's resident memory, which fails on a small node (`kv_cache_bytes`). With that
-  explicit size and eager mode vLLM also skips its warm-up pass. On GPU,
+  process's resident memory, which fails on a small node (`kv_cache_bytes`). On GPU,
   gpu_memory_utilization decides, as vLLM's default.
 - A start that fails (or is interrupted) and `close` leave the process as they found it: vLLM's
   process groups destroyed, the environment variables it set and torch's thread setting
