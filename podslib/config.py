@@ -271,10 +271,18 @@ class Config:
     engine: str = option("vllm", "Rollout engine: 'vllm' (the lower PODS/GRPO step-cost ratio on "
                          "the tiny default: results/bench/step_cost.md), 'hf' (transformers) or "
                          "'auto'.", choices=ENGINES)
-    gpu_memory_utilization: float = option(0.05, "vLLM: fraction of GPU memory (on CPU: of RAM) "
-                                           "for the engine; a real model on a GPU needs more "
-                                           "(the paper's configs: 0.3).", low=0, high=1,
+    gpu_memory_utilization: float = option(0.05, "vLLM on a GPU: fraction of GPU memory for the "
+                                           "engine; a real model needs more (the paper's "
+                                           "configs: 0.3). Not used on CPU (see "
+                                           "kv_cache_memory_bytes).", low=0, high=1,
                                            low_open=True)
+    kv_cache_memory_bytes: int | None = option(None, "vLLM's kv_cache_memory_bytes: bytes of KV "
+                                               "cache per engine. None = on CPU, what the run "
+                                               "holds at once (its most sequences x longest "
+                                               "prompt + completion, from the model's layers, KV "
+                                               "heads, head size and dtype); on a GPU, set by "
+                                               "gpu_memory_utilization.", low=1,
+                                               resume_safe=True)
     n: int = option(16, "Rollouts generated per prompt.", low=1)
     m: int = option(4, "Rollouts kept per prompt for the update (m == n: vanilla GRPO).", low=1)
     rule: str = option("max_variance", "Down-sampling rule: 'max_variance' (PODS), 'max_reward', "

@@ -38,6 +38,8 @@ def test_tiny_default_is_pods_with_down_sampling():
     ({"group_filter": "std"}, "group_filter must be one of"),
     ({"adv_over": "group"}, "adv_over must be one of"),
     ({"lr": 0.0}, "lr must be"),
+    ({"kv_cache_memory_bytes": 0}, "kv_cache_memory_bytes must be >= 1"),
+    ({"kv_cache_memory_bytes": 2e9}, "kv_cache_memory_bytes must be an integer"),
     ({"lr": -1e-4}, "lr must be"),
     ({"max_steps": -1}, "max_steps must be"),
     ({"max_train_seconds": -5.0}, "max_train_seconds must be"),

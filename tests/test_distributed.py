@@ -226,11 +226,6 @@ def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, cach
 # vLLM inside the group: one in-process engine per rank
 # ----------------------------------------------------------------------------------------------
 
-# Each rank's engine reserves this share of the memory node's RAM (about 1.3 GiB here, most of it
-# KV cache; the default 0.3 is meant for a GPU).
-VLLM_MEMORY = 0.15
-
-
 def require_vllm() -> None:
     if vllm_available():
         return
@@ -251,8 +246,7 @@ prompts = [f"Q:{i}+{2 * i}\\nA:" for i in range(6)]
 greedy = SamplingParams(temperature=0, max_tokens=8)
 
 def engine():
-    return make_engine("vllm", model_path=sys.argv[1], seed=0,
-                       gpu_memory_utilization=float(sys.argv[2]))
+    return make_engine("vllm", model_path=sys.argv[1], seed=0, max_model_len=64, max_num_seqs=6)
 
 def tokens(e):
     return [c.token_ids for g in e.generate(prompts, 1, greedy) for c in g.completions]
@@ -289,7 +283,7 @@ def test_vllm_engine_in_a_process_group_leaves_the_group_to_its_owner(tmp_path):
     model = make_tiny_model(tmp_path / "model")   # head_dim 32: vLLM's CPU attention needs >= 32
     script = tmp_path / "probe.py"
     script.write_text(VLLM_ENGINE_IN_A_GROUP)
-    proc = run([*launcher("torchrun", 2), str(script), str(model), str(VLLM_MEMORY)], tmp_path)
+    proc = run([*launcher("torchrun", 2), str(script), str(model)], tmp_path)
     assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
 
 
@@ -304,8 +298,7 @@ def test_vllm_distributed_fsdp_matches_one_process(tmp_path, cache_dir):
     head_dim 16 (the 2 heads of the hf tests' model)."""
     require_vllm()
     cfg = easy(cache_dir, max_steps=3, eval_every_steps=0,
-               micro_batch_size=3, test_size=8, engine="vllm",
-               gpu_memory_utilization=VLLM_MEMORY, **{"tiny.heads": 1})
+               micro_batch_size=3, test_size=8, engine="vllm", **{"tiny.heads": 1})
     config = tmp_path / "config.yaml"
     cfg.to_yaml(config)
     train(config, tmp_path / "one", 1)

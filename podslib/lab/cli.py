@@ -8,14 +8,16 @@
     pods reproduce                                        the tiny default end to end
     pods paper [--data DIR] [--out DIR]                   the paper's figures and tables from
                                                           the authors' logs (results/paper/)
+    pods doctor                                           versions, machine, and whether the
+                                                          engines start (for bug reports)
     pods cost CONFIG [--steps K] [--only VARIANT ...] [--sweep n=16,32,64]   what a step costs here,
                                                           and the wall-clock speedup it predicts
 
 key=value arguments may come anywhere after the command's own positionals.
 
-Exit status: 0 on success, 1 when a run failed (the others still ran) or the disk is full, 2 on
-a usage or configuration error (reported in one line, nothing run), 130 when stopped by Ctrl-C
-(SIGINT) or SIGTERM: a training run stops at its next step boundary with a checkpoint, and the
+Exit status: 0 on success, 1 when a run failed (the others still ran), the disk is full or a
+check of `pods doctor` failed, 2 on a usage or configuration error (reported in one line,
+nothing run), 130 when stopped by Ctrl-C (SIGINT) or SIGTERM: a training run stops at its next step boundary with a checkpoint, and the
 same command again (`pods train ... --resume`) continues it.
 """
 
@@ -37,7 +39,7 @@ from podslib import rundir
 from podslib.analysis import paper
 from podslib.config import Config, parse_yaml_value
 from podslib.files import NoSpaceError
-from podslib.lab import cost, notebook, pipeline
+from podslib.lab import cost, doctor, notebook, pipeline
 from podslib.training import distributed as D
 from podslib.training.trainer import Interrupted, evaluate_checkpoint, train
 
@@ -103,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="folder of the authors' logs (default: data/pods_official)")
     paper.add_argument("--out", default=None, help="output folder (default: results/paper)")
     _cost_parser(sub)
+    sub.add_parser("doctor", help="versions, the machine and whether each engine starts: what "
+                   "a bug report needs (exit 1 with one line per problem)")
     return parser
 
 
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     notebook.kernel_environment()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():      # read by torch before it was set
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if args.command == "doctor":
+        return doctor.main()
     try:
         with _sigterm_interrupts():
             out = _dispatch(args)

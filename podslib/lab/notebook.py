@@ -24,6 +24,7 @@ from typing import Any
 
 from podslib import files, rundir
 from podslib.config import Config
+from podslib.training.progress import bar_options
 from podslib.training.trainer import train
 
 
@@ -337,7 +338,8 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict[str, Any]
     try:
         with files.naming(output, "notebook"):
             pm.execute_notebook(str(notebook), str(output), parameters=parameters,
-                                kernel_name=kernel, progress_bar=progress,
+                                kernel_name=kernel,
+                                progress_bar=(bar_options() or True) if progress else False,
                                 cwd=str(notebook.parent), start_timeout=120,
                                 config=kernel_config(),
                                 kernel_manager_class=_kernel_manager_class())

@@ -44,14 +44,18 @@ def sample_rollouts(cfg: Config, num_prompts: int, n: int) -> dict[str, Any]:
     model_path = policy_path(cfg)
     policy, tokenizer = load_policy(model_path, dtype=cfg.dtype, device=cfg.device)
     policy.eval()
+    examples = load_examples(cfg, "train")
+    order = np.random.default_rng(cfg.seed).permutation(len(examples))[:num_prompts]
+    prompts, kept, _ = build_prompts([examples[i] for i in order], cfg.template, tokenizer,
+                                     cfg.max_prompt_tokens)
+    longest = max(map(len, tokenizer(prompts, add_special_tokens=False)["input_ids"]), default=0)
     engine = make_engine(cfg.engine, model_path=model_path, policy=policy, tokenizer=tokenizer,
                          device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
-                         gpu_memory_utilization=cfg.gpu_memory_utilization)
+                         gpu_memory_utilization=cfg.gpu_memory_utilization,
+                         kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+                         max_model_len=longest + cfg.max_completion_tokens,
+                         max_num_seqs=max(len(prompts) * n, 1))
     try:
-        examples = load_examples(cfg, "train")
-        order = np.random.default_rng(cfg.seed).permutation(len(examples))[:num_prompts]
-        prompts, kept, _ = build_prompts([examples[i] for i in order], cfg.template, tokenizer,
-                                         cfg.max_prompt_tokens)
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
                                   max_tokens=cfg.max_completion_tokens)
         seeds = [derive_seed(cfg.seed, "offline", i) for i in range(len(prompts))]

@@ -24,7 +24,7 @@ VLLM_INSTALL_HINT = (
 log = logging.getLogger(__name__)
 
 # name -> factory(model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
-#                 max_model_len, max_batch_size) -> Engine
+#                 max_model_len, max_num_seqs, kv_cache_memory_bytes, max_batch_size) -> Engine
 ENGINES = Registry("engine")
 
 
@@ -36,6 +36,7 @@ def vllm_available() -> bool:
 def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.Module | None = None,
                 tokenizer=None, device: str = "cpu", dtype: str = "float32", seed: int = 0,
                 gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
+                max_num_seqs: int | None = None, kv_cache_memory_bytes: int | None = None,
                 max_batch_size: int = 256) -> Engine:
     """Build the rollout engine registered as `name` ('hf', 'vllm', 'auto', ...).
 
@@ -43,12 +44,17 @@ def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.M
     sync_weights just points at the given policy. vllm: loads `model_path` into an in-process
     vLLM engine (then syncs `policy` when given); sync_weights pushes the policy's merged
     weights. auto: vllm when importable and `model_path` is given, else hf (logged).
-    `max_batch_size` bounds the rows per hf `generate` call.
+    `max_batch_size` bounds the rows per hf `generate` call. vllm's `max_model_len` (longest
+    prompt + completion) and `max_num_seqs` (most sequences generated at once) bound what the
+    engine holds; on CPU they size its KV cache, unless `kv_cache_memory_bytes` is given (see
+    `podslib.rollout.vllm`).
     """
     return ENGINES.get(name)(model_path=model_path, policy=policy, tokenizer=tokenizer,
                              device=device, dtype=dtype, seed=seed,
                              gpu_memory_utilization=gpu_memory_utilization,
-                             max_model_len=max_model_len, max_batch_size=max_batch_size)
+                             max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                             kv_cache_memory_bytes=kv_cache_memory_bytes,
+                             max_batch_size=max_batch_size)
 
 
 @ENGINES.register("hf")
@@ -67,7 +73,7 @@ def _hf(*, model_path, policy, tokenizer, device, dtype, seed, max_batch_size, *
 
 @ENGINES.register("vllm")
 def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
-          max_model_len, **_) -> Engine:
+          max_model_len, max_num_seqs, kv_cache_memory_bytes, **_) -> Engine:
     if not vllm_available():
         raise ImportError(
             f"engine 'vllm' needs the vllm package, which is not importable: {VLLM_INSTALL_HINT}")
@@ -78,9 +84,14 @@ def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_util
 
     engine = VLLMEngine(model_path, tokenizer=tokenizer, device=device, dtype=dtype, seed=seed,
                         gpu_memory_utilization=gpu_memory_utilization,
-                        max_model_len=max_model_len)
+                        max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                        kv_cache_memory_bytes=kv_cache_memory_bytes)
     if policy is not None:
-        engine.sync_weights(policy)
+        try:
+            engine.sync_weights(policy)
+        except BaseException:
+            engine.close()
+            raise
     return engine
 
 

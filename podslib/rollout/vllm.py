@@ -20,16 +20,24 @@
   (the default executor would put every rank's engine on device 0). With tensor parallel size
   1 each rank's engine is independent and generates its own prompts: vLLM's world group is the
   ranks' group, its model-parallel groups hold one rank each. Making them is collective, so
-  every rank starts its engine at the same point. On CPU, gpu_memory_utilization is the share
-  of the memory node's RAM each rank's engine reserves. Closing an engine leaves the ranks'
-  group working (see `_shutdown`).
+  every rank starts its engine at the same point. Closing an engine leaves the ranks' group
+  working (see `_shutdown`).
+- The KV cache on CPU is sized by what the engine is asked to hold, not by the machine: vLLM's
+  CPU worker would otherwise reserve gpu_memory_utilization of the memory node's RAM minus the
+  process's resident memory, which fails on a small node (`kv_cache_bytes`). On GPU,
+  gpu_memory_utilization decides, as vLLM's default.
+- A start that fails (or is interrupted) and `close` leave the process as they found it: vLLM's
+  process groups destroyed, the environment variables it set and torch's thread setting
+  restored, so that the next engine in the process starts cleanly.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import os
 import weakref
+from contextlib import contextmanager, nullcontext
 from unittest import mock
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede `import vllm`
@@ -37,9 +45,27 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # must precede `im
 import torch
 from torch import nn
 
-from podslib.models.loading import merged_state_dict, resolve_model_path
+from podslib.models.loading import DTYPES, merged_state_dict, resolve_model_path
 from podslib.rollout.base import Completion, Engine, Group, SamplingParams, check_generate_args
 from podslib.seeding import derive_seed
+
+CPU_BLOCK_TOKENS = 128   # vLLM's KV-cache block on CPU (vllm/platforms/cpu.py)
+CPU_MAX_NUM_SEQS = 256   # vLLM's default max_num_seqs on CPU (EngineArgs.get_batch_defaults)
+KV_MARGIN = 1.25         # on top of whole blocks per sequence
+
+
+def kv_cache_bytes(model_config, dtype: str, max_num_seqs: int, max_model_len: int) -> int:
+    """KV-cache bytes that hold `max_num_seqs` sequences of `max_model_len` tokens at once (each
+    in whole blocks, plus the one block vLLM holds back), times KV_MARGIN. A token takes keys
+    and values in every layer: 2 x layers x KV heads x head size x the dtype's bytes
+    (`model_config`: a transformers config)."""
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_size = getattr(text, "head_dim", None) or text.hidden_size // heads
+    per_token = 2 * text.num_hidden_layers * kv_heads * head_size * DTYPES[dtype].itemsize
+    blocks = max_num_seqs * math.ceil(max_model_len / CPU_BLOCK_TOKENS) + 1
+    return math.ceil(blocks * CPU_BLOCK_TOKENS * per_token * KV_MARGIN)
 
 
 class VLLMEngine(Engine):
@@ -56,7 +82,14 @@ class VLLMEngine(Engine):
         seed: int = 0,
         gpu_memory_utilization: float = 0.3,
         max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        kv_cache_memory_bytes: int | None = None,
     ):
+        """max_model_len: the longest prompt + completion (None: the model's limit; capped by
+        it). max_num_seqs: the most sequences generated at once (None: vLLM's default); on CPU
+        at most CPU_MAX_NUM_SEQS, and with max_model_len it sizes the KV cache unless
+        `kv_cache_memory_bytes` is given. On GPU vLLM keeps its own max_num_seqs and sizes
+        the cache from gpu_memory_utilization (or `kv_cache_memory_bytes`)."""
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise ValueError(
                 "VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
@@ -64,40 +97,59 @@ class VLLMEngine(Engine):
             )
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(
-                "gpu_memory_utilization must be in (0, 1] (on CPU: the share of RAM vLLM "
+                "gpu_memory_utilization must be in (0, 1] (the share of GPU memory vLLM "
                 f"reserves); got {gpu_memory_utilization!r}"
             )
+        for name, value in (("max_model_len", max_model_len), ("max_num_seqs", max_num_seqs),
+                            ("kv_cache_memory_bytes", kv_cache_memory_bytes)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1; got {value!r}")
         import vllm
-        from transformers import AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
+        from vllm.platforms import current_platform
 
         path = resolve_model_path(model_path)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        limit = getattr(config.get_text_config(), "max_position_embeddings", None)
+        if limit is not None:
+            max_model_len = min(max_model_len or limit, limit)
+        if current_platform.is_cpu():
+            if max_model_len is None:
+                raise ValueError("max_model_len is needed to size vLLM's KV cache on CPU (the "
+                                 f"config of {path} has no max_position_embeddings); got None")
+            max_num_seqs = min(max_num_seqs or CPU_MAX_NUM_SEQS, CPU_MAX_NUM_SEQS)
+            kv_cache_memory_bytes = kv_cache_memory_bytes or kv_cache_bytes(
+                config, dtype, max_num_seqs, max_model_len)
+        else:
+            max_num_seqs = None
         in_group = torch.distributed.is_available() and torch.distributed.is_initialized()
-        set_num_threads = torch.set_num_threads  # the CPU worker replaces it with a no-op
-        environ = dict(os.environ)  # vLLM sets LOCAL_WORLD_SIZE, LD_PRELOAD, ...: undone on close
+        environ, threads = dict(os.environ), torch.get_num_threads()
+        clients = []
         try:
-            self.llm = vllm.LLM(
-                model=path,
-                seed=seed,
-                dtype=dtype,
-                max_model_len=max_model_len,
-                gpu_memory_utilization=gpu_memory_utilization,
-                enforce_eager=device == "cpu",
-                logprobs_mode="processed_logprobs",      # the sampling distribution's
-                distributed_executor_backend="external_launcher" if in_group else None,
-            )
-        finally:
-            torch.set_num_threads = set_num_threads
+            with _kept_set_num_threads(), _recorded_clients(clients):
+                self.llm = vllm.LLM(
+                    model=path,
+                    seed=seed,
+                    dtype=dtype,
+                    max_model_len=max_model_len,
+                    max_num_seqs=max_num_seqs,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    kv_cache_memory_bytes=kv_cache_memory_bytes,
+                    enforce_eager=device == "cpu",
+                    logprobs_mode="processed_logprobs",      # the sampling distribution's
+                    distributed_executor_backend="external_launcher" if in_group else None,
+                )
+        except BaseException:
+            _stop(clients, in_group)
+            _restore(_changed(environ), threads)
+            raise
         # The in-process client shuts the engine core down when collected or at exit; that and
         # `close` go through `_shutdown`.
         client = self.llm.llm_engine.engine_core
         client._finalizer.detach()
         client._finalizer = weakref.finalize(client, _shutdown, client.engine_core, in_group)
-        self.environ_before = {
-            key: environ.get(key)
-            for key in set(environ) | set(os.environ)
-            if environ.get(key) != os.environ.get(key)
-        }
+        self.environ_before, self.threads_before = _changed(environ), threads
 
     def generate(
         self, prompts: list[str], n: int, sampling: SamplingParams, seeds: list[int] | None = None
@@ -153,20 +205,72 @@ class VLLMEngine(Engine):
 
     def close(self) -> None:
         """Shut the engine down, free its weights and KV cache and undo its environment
-        variables, so that another engine (or anything else) can start cleanly. Inside a
-        process group the group stays usable (see `_shutdown`)."""
+        variables and thread setting, so that another engine (or anything else) can start
+        cleanly. Inside a process group the group stays usable (see `_shutdown`)."""
         if self.llm is None:
             return
         self.llm.llm_engine.engine_core._finalizer()  # `_shutdown`, once
         self.llm = None
-        for key, value in self.environ_before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(self.environ_before, self.threads_before)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _changed(before: dict[str, str]) -> dict[str, str | None]:
+    """The environment variables that differ from `before`, with their values there (None:
+    absent)."""
+    return {key: before.get(key) for key in set(before) | set(os.environ)
+            if before.get(key) != os.environ.get(key)}
+
+
+def _restore(environ: dict[str, str | None], threads: int) -> None:
+    """Put back environment variables (`_changed`) and torch's intra-op thread count."""
+    for key, value in environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    torch.set_num_threads(threads)
+
+
+@contextmanager
+def _kept_set_num_threads():
+    """vLLM's CPU worker replaces torch.set_num_threads with a no-op; put it back."""
+    set_num_threads = torch.set_num_threads
+    try:
+        yield
+    finally:
+        torch.set_num_threads = set_num_threads
+
+
+@contextmanager
+def _recorded_clients(clients: list):
+    """Append every engine-core client vLLM makes to `clients`, so that a start failing after
+    one was made can shut it down."""
+    from vllm.v1.engine.core_client import EngineCoreClient
+
+    make_client = EngineCoreClient.make_client
+
+    def recording(*args, **kwargs):
+        clients.append(make_client(*args, **kwargs))
+        return clients[-1]
+
+    with mock.patch.object(EngineCoreClient, "make_client", recording):
+        yield
+
+
+def _stop(clients: list, in_group: bool) -> None:
+    """Undo a start that failed: shut down the engine core if one was made, else destroy the
+    process groups vLLM had made before it failed (inside a caller's group, only vLLM's)."""
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    for client in clients:
+        client._finalizer.detach()
+        _shutdown(client.engine_core, in_group)
+    if not clients:
+        with _callers_group_kept(in_group):
+            cleanup_dist_env_and_memory()
 
 
 def _shutdown(core, in_group: bool) -> None:
@@ -177,14 +281,19 @@ def _shutdown(core, in_group: bool) -> None:
     created; inside one it is the caller's, so there only vLLM's groups (subgroups of the
     caller's) are destroyed. An engine left open when a rank fails is shut down at exit, after
     the caller destroyed its group and vLLM's with it: vLLM then only drops its references."""
-    if not in_group:
+    with _callers_group_kept(in_group):
         core.shutdown()
-        return
+
+
+def _callers_group_kept(in_group: bool):
+    """Inside a caller's process group, make torch's destroy_process_group destroy only the
+    subgroups it is given, never the caller's default group; outside one, change nothing."""
+    if not in_group:
+        return nullcontext()
     destroy = torch.distributed.destroy_process_group
 
     def destroy_subgroup(group=None) -> None:
         if group is not None and torch.distributed.is_initialized():
             destroy(group)
 
-    with mock.patch.object(torch.distributed, "destroy_process_group", destroy_subgroup):
-        core.shutdown()
+    return mock.patch.object(torch.distributed, "destroy_process_group", destroy_subgroup)

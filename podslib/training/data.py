@@ -74,7 +74,8 @@ class Data:
     golds: list[str]
     test_examples: list[Example]
     n_dropped: int
-    n_test_dropped: int = 0
+    n_test_dropped: int
+    longest_prompt: int           # tokens of the longest prompt, training or test
 
 
 def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example],
@@ -86,8 +87,8 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
     if not prompts:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
                          "training prompts; raise it")
-    _, test_kept, n_test_dropped = build_prompts(test, cfg.template, tokenizer,
-                                                 cfg.max_prompt_tokens)
+    test_prompts, test_kept, n_test_dropped = build_prompts(test, cfg.template, tokenizer,
+                                                            cfg.max_prompt_tokens)
     if not test_kept:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(test)} test "
                          "problems; raise it")
@@ -95,4 +96,18 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
         note(f"warning: max_prompt_tokens={cfg.max_prompt_tokens} drops {n_test_dropped} of "
              f"{len(test)} test problems (prompts too long); test accuracy is over the other "
              f"{len(test_kept)}")
-    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped)
+    lengths = tokenizer(prompts + test_prompts, add_special_tokens=False)["input_ids"]
+    longest = max(map(len, lengths))
+    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped, longest)
+
+
+def engine_limits(cfg: Config, data: Data, world_size: int) -> dict[str, int]:
+    """What one rank's engine holds at once (vLLM sizes its KV cache from it on CPU):
+    max_model_len, the longest prompt and a completion; max_num_seqs, the sequences of a
+    generation round (its prompts x n) or of an evaluation (the rank's share of the test
+    problems x repeats), whichever is more."""
+    train = cfg.prompts_per_step // world_size * cfg.n
+    test = -(-len(data.test_examples) // world_size) * (1 if cfg.eval_greedy else
+                                                         cfg.eval_repeats)
+    return {"max_model_len": data.longest_prompt + cfg.max_completion_tokens,
+            "max_num_seqs": max(train, test)}

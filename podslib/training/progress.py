@@ -7,15 +7,74 @@ ETA is the wall time to the end of the budget. It shows what moves during GRPO: 
 the groups with signal (rewards not all equal), seconds per step and the latest test accuracy.
 The loss is left out: with mu = 1 the surrogate's value is 0 by construction (ratio 1, the
 advantages of a group sum to zero), only its gradient is not.
+
+Where nobody watches (stderr is a file or a pipe: CI, `make reproduce > log 2>&1`), every bar
+of the kit (this one, the warm-start's, papermill's) writes plain lines instead of redrawing
+itself with carriage returns: its first state, then at most one line every LOG_EVERY_S seconds,
+and its last state (`bar_options`); transformers' bars are off (`library_bars`).
 """
 
 from __future__ import annotations
 
+import io
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 SCALE = 1000     # the bar counts thousandths of the budget (integers: it ends exactly full)
+LOG_EVERY_S = 30.0
+
+
+class LogLines(io.TextIOBase):
+    """A stream for one tqdm bar that writes to a log: each drawing (tqdm starts one with a
+    carriage return and pads it with spaces) becomes a plain line, the first at once, then at
+    most one every `every_s` seconds; the bar's closing newline writes its last drawing if that
+    was held back."""
+
+    def __init__(self, stream, every_s: float = LOG_EVERY_S):
+        self.stream, self.every_s = stream, every_s
+        self.last_s = -float("inf")
+        self.held = ""                          # the latest drawing not written yet
+
+    def write(self, text: str) -> int:
+        drawing = text.replace("\r", "").rstrip()
+        now = time.monotonic()
+        if drawing:
+            self.held = drawing
+        if self.held and (now - self.last_s >= self.every_s or text.endswith("\n")):
+            self.stream.write(self.held + "\n")
+            self.stream.flush()
+            self.held, self.last_s = "", now
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def watched() -> bool:
+    """True where bars are live: stderr is a terminal, or this is a notebook (tqdm.auto draws a
+    widget there)."""
+    from tqdm.auto import tqdm
+    from tqdm.notebook import tqdm as widget
+
+    return issubclass(tqdm, widget) or sys.stderr.isatty()
+
+
+def bar_options() -> dict[str, Any]:
+    """Extra tqdm options for a bar of the kit: none where it is `watched`, else a `LogLines`
+    stream on stderr."""
+    return {} if watched() else {"file": LogLines(sys.stderr)}
+
+
+def library_bars(progress: bool) -> None:
+    """Turn off transformers' own bars (loading and saving weights) unless `progress` is asked
+    for and `watched`: they redraw with carriage returns, which a log keeps."""
+    from transformers.utils import logging as hf_logging
+
+    if not (progress and watched()):
+        hf_logging.disable_progress_bar()
 
 
 def budget_text(cfg: Any, step: int | None = None, seconds: float | None = None) -> str:
@@ -43,7 +102,7 @@ class TrainingBar:
         self.latest = ""                       # reward, signal, s/step of the latest step
         self.test_accuracy: float | None = None
         self.bar = tqdm(total=SCALE, desc=name, bar_format=BAR_FORMAT, dynamic_ncols=True,
-                        disable=not enabled)
+                        disable=not enabled, **bar_options())
         self._move(state.step, state.train_time_s, refresh=True)
 
     def fraction(self, step: int, seconds: float) -> float:

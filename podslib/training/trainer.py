@@ -41,9 +41,9 @@ from podslib.models.loading import LoraSettings, load_policy, load_reference
 from podslib.rollout import make_engine
 from podslib.seeding import derive_seed, rng_state, seed_everything, set_rng_state
 from podslib.training import distributed as D
-from podslib.training.data import build_data, load_examples
+from podslib.training.data import build_data, engine_limits, load_examples
 from podslib.training.evaluate import evaluate
-from podslib.training.progress import TrainingBar
+from podslib.training.progress import TrainingBar, library_bars
 from podslib.training.step import (
     PhaseTimer,
     completion_rows,
@@ -196,10 +196,7 @@ class Trainer:
                  examples: tuple[list, list]):
         self.cfg, self.run_dir, self.info, self.device = cfg, run_dir, info, device
         self.progress = progress
-        if not progress:
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()          # its model-loading bars too
+        library_bars(progress)                          # transformers' model-loading bars
         seed_everything(cfg.seed)
         self.model = build_model(cfg, info, device, progress)
         self.data = build_data(cfg, self.model.tokenizer, *examples,
@@ -207,7 +204,9 @@ class Trainer:
         self.engine = make_engine(cfg.engine, model_path=self.model.path,
                                   policy=self.model.rollout_policy, tokenizer=self.model.tokenizer,
                                   device=device, dtype=cfg.dtype, seed=cfg.seed,
-                                  gpu_memory_utilization=cfg.gpu_memory_utilization)
+                                  gpu_memory_utilization=cfg.gpu_memory_utilization,
+                                  kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+                                  **engine_limits(cfg, self.data, info.world_size))
         self.optimizer, self.scheduler = optimizer_and_scheduler(cfg, self.model.policy)
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
 

@@ -30,6 +30,7 @@ from podslib.rollout import make_engine
 from podslib.tasks.templates import render_prompt
 from podslib.training.data import arith_examples
 from podslib.training.evaluate import evaluate
+from podslib.training.progress import bar_options, library_bars
 
 # The tiny settings that determine the randomly initialised model (the warm-start: all of them).
 MODEL_FIELDS = ("hidden", "layers", "heads", "seed")
@@ -136,6 +137,7 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path,
     """The tiny model after supervised steps on arith train problems, stopped at the first check
     that reaches tiny.warm_start_target (or after tiny.warm_start_steps); cached by a hash of
     the tiny settings and the template. Deterministic given tiny.seed and the machine."""
+    library_bars(progress)
     base = tiny_base(tiny, cache_dir)
     values = {**asdict(tiny), "template": template}
     folder = Path(cache_dir).expanduser() / settings_key(values, "sft")
@@ -154,7 +156,7 @@ def warm_start(tiny: TinySettings, template: str, cache_dir: str | Path,
             plan = (f"stops at {target:.0%} sampled accuracy, checked every "
                     f"{tiny.warm_start_check_every} steps") if target else None
             bar = tqdm(total=tiny.warm_start_steps, desc="warm-start", unit="step",
-                       dynamic_ncols=True, postfix=plan, disable=not progress)
+                       dynamic_ncols=True, postfix=plan, disable=not progress, **bar_options())
 
             def reached_target(step: int, loss: float) -> bool:
                 bar.update(1)
