@@ -24,7 +24,11 @@ Skipped when TRL is not installed, except under CI=true, where that is a failure
 """
 
 import copy
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +54,7 @@ from podslib.training.batch import build_batch, completion_logprobs, micro_batch
 
 pytestmark = pytest.mark.slow        # importing TRL imports vLLM
 
+REPO = Path(__file__).resolve().parents[1]
 C = 12                               # max completion tokens (dr_grpo's normaliser in both)
 PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"]
 COMPLETIONS = [["1+2=3", "3", "1+2=4", "12"],
@@ -283,3 +288,30 @@ def test_update_equals_trls_at_either_logprob_temperature(tiny, groups, tmp_path
     if logprob_temperature == "one":
         _, tempered = trl_update(0.9)
         assert not torch.allclose(kit_grad, tempered, rtol=1e-2)
+
+
+# ------------------------------------------------------------------------------------------------
+# the yardstick
+# ------------------------------------------------------------------------------------------------
+
+def test_bench_quick_writes_the_table(tmp_path, cache_dir):
+    """bench/peer_trl.py --quick (one repetition of 3 interleaved steps, a small untrained
+    model; 8 generations for memory) writes the table: every row timed on both sides with an
+    interval around its ratio, and the memory of TRL's 8 rows per prompt beside PODS 8 -> 4."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "peer_trl.py"), "--quick",
+                          "--out", str(tmp_path), "--cache", str(cache_dir)],
+                         capture_output=True, text=True, timeout=1800, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "peer_trl.json").read_text())
+    assert [(r["work"], r["engine"]) for r in result["time"]] == [
+        ("GRPO, 4 generations", "hf"), ("GRPO, 16 generations", "hf"),
+        ("kit PODS 16 -> 4 vs TRL 16", "hf")]
+    for row in result["time"]:
+        assert 0 < row["kit_generate_s"] < row["kit_s"] and 0 < row["trl_generate_s"] < row["trl_s"]
+        assert row["low"] <= row["ratio"] <= row["high"]
+        assert row["ratio"] == pytest.approx(row["trl_s"] / row["kit_s"])
+    memory = result["memory"]
+    assert [memory[k]["rollouts_trained"] for k in ("trl", "kit_grpo", "kit_pods")] == [16, 16, 8]
+    assert all(memory[k]["update_peak_mib"] > 0 for k in memory)
+    table = (tmp_path / "peer_trl.md").read_text()
+    assert "| GRPO, 16 generations | hf |" in table and "TRL 8 / kit PODS 8 -> 4:" in table
