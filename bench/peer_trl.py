@@ -223,7 +223,7 @@ def run_session(engine: str, rows: list[int], rep: int, steps: int, settings: di
             times: dict[str, list[dict]] = {name: [] for name in names}
             for k in range(steps):
                 for name in names[k % len(names):] + names[:k % len(names)]:
-                    times[name].append(runners[name].step())
+                    times[name].append({k: round(v, 5) for k, v in runners[name].step().items()})
         finally:
             for runner in runners.values():
                 runner.close()
@@ -337,7 +337,8 @@ def summarise(times: list[dict[str, list[dict]]], engines: list[str], skip: int)
 
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "peer_trl.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = json.dumps({**result, "raw": "RAW"}, indent=2)          # per-step times on one line
+    (out / "peer_trl.json").write_text(text.replace('"RAW"', json.dumps(result["raw"])) + "\n")
     s, v = result["settings"], result["versions"]
     quick = " --quick: a smoke run, not a measurement" if result["quick"] else ""
     head = (f"The kit beside TRL {v['trl']}'s GRPOTrainer ({result['started']}, {result['cpus']} "
