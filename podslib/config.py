@@ -310,6 +310,11 @@ class Config:
     eps_high: float = option(0.2, "Clip range above: ratio <= 1 + eps_high.", low=0)
     mu: int = option(1, "Optimizer steps per generation batch (GRPO iterations; 1 = ratio is 1).",
                      low=1)
+    logprob_temperature: str = option("one", "Temperature T of the training log-probs "
+                                      "softmax(logits / T), used by the ratio, the KL to the "
+                                      "reference and the entropy: 'one' (T = 1, the paper's code) "
+                                      "or 'sampling' (T = temperature, as TRL and verl).",
+                                      choices=("one", "sampling"))
     aggregation: str = option("grpo", "Token aggregation: 'grpo', 'bnpo', 'dapo', 'dr_grpo'.",
                               choices=AGGREGATIONS)
     scale_rewards: str = option("group", "Advantage scaling: 'group' std, 'batch' std or 'none'.",
@@ -450,6 +455,12 @@ class Config:
         """'grpo-n4-m4' (n == m) or '<rule>-n16-m4' with the rule's '_' as '-'."""
         label = "grpo" if self.n == self.m else self.rule.replace("_", "-")
         return f"{label}-n{self.n}-m{self.m}"
+
+    @property
+    def training_temperature(self) -> float:
+        """T of the training log-probs softmax(logits / T): 1, or the sampling temperature
+        (logprob_temperature)."""
+        return self.temperature if self.logprob_temperature == "sampling" else 1.0
 
     @property
     def run_id(self) -> str:

@@ -67,6 +67,8 @@ def test_tiny_default_is_pods_with_down_sampling():
     ({"seed": 1.5}, "seed must be"),
     ({"lora_r": -1}, "lora_r must be"),
     ({"sharding": "zero2"}, "sharding must be one of 'none', 'fsdp'"),
+    ({"logprob_temperature": 0.9}, "logprob_temperature must be a string"),
+    ({"logprob_temperature": "T"}, "logprob_temperature must be one of 'one', 'sampling'"),
 ])
 def test_bad_values_name_the_field(values, field):
     with pytest.raises(ValueError, match=field.replace("(", r"\(")):
@@ -138,3 +140,8 @@ def test_run_id_names_the_method():
     assert Config(n=16, m=16, seed=2).run_id == "grpo-n16-m16-s2"
     assert Config(n=16, m=4).run_id == "max-variance-n16-m4-s0"
     assert Config(run_name="x").run_id == "x"
+
+
+def test_training_temperature_is_one_or_the_sampling_temperature():
+    assert Config(temperature=0.7).training_temperature == 1.0
+    assert Config(temperature=0.7, logprob_temperature="sampling").training_temperature == 0.7

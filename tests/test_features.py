@@ -45,19 +45,26 @@ def one_row_batch(tokens):
 
 def test_entropy_and_sampling_logprobs_match_hand_values():
     """logits [0, ln 3, ln 6] -> p = [1/10, 3/10, 6/10]: H = -sum p ln p = 0.8979 nats; at
-    T = 0.5, p ~ [1, 9, 36] / 46; with top_p = 0.6 only token 2 (mass 0.6 >= 0.6) is kept, so
-    its sampling log-prob is 0 and token 1 is outside (-inf)."""
+    T = 0.5, q ~ [1, 9, 36] / 46; with top_p = 0.6 only token 2 (mass 0.6 >= 0.6) is kept, so
+    its sampling log-prob is 0 and token 1 is outside (-inf). The training log-probs and the
+    entropy follow the training temperature, the sampling log-probs the sampler's."""
     model = FixedLogits([0.0, math.log(3), math.log(6)])
-    out = B.completion_outputs(model, one_row_batch([2, 1]), temperature=1.0, top_p=0.6,
-                               sampling=True)
+    out = B.completion_outputs(model, one_row_batch([2, 1]), 1.0, sampler=(1.0, 0.6))
     p = torch.tensor([1, 3, 6]) / 10
     assert torch.allclose(out.entropy, torch.full((1, 2), float(-(p * p.log()).sum())))
     assert torch.allclose(out.logprobs, torch.tensor([[math.log(0.6), math.log(0.3)]]))
     assert out.sampling_logprobs[0, 0] == 0 and out.sampling_logprobs[0, 1] == float("-inf")
-    cold = B.completion_outputs(model, one_row_batch([2]), temperature=0.5, sampling=True)
     q = torch.tensor([1.0, 9, 36]) / 46
+    cold = B.completion_outputs(model, one_row_batch([2]), 0.5, sampler=(0.5, 1.0))
     assert torch.allclose(cold.entropy, -(q * q.log()).sum().reshape(1, 1))
+    assert torch.allclose(cold.logprobs, torch.tensor([[math.log(36 / 46)]]))
     assert torch.allclose(cold.sampling_logprobs, torch.tensor([[math.log(36 / 46)]]))
+    unit = B.completion_outputs(model, one_row_batch([2]), 1.0, sampler=(0.5, 1.0))
+    assert torch.allclose(unit.entropy, -(p * p.log()).sum().reshape(1, 1))
+    assert torch.allclose(unit.logprobs, torch.tensor([[math.log(0.6)]]))
+    assert torch.allclose(unit.sampling_logprobs, torch.tensor([[math.log(36 / 46)]]))
+    assert B.completion_outputs(model, one_row_batch([2]), 0.5).sampling_logprobs is None
+    assert torch.allclose(B.completion_logprobs(model, one_row_batch([2]), 0.5), cold.logprobs)
 
 
 def test_importance_weights_truncate_or_mask():

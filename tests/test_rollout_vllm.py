@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 PROMPTS = ["Q:1+2\nA:", "Q:46+75-28\nA:", "Q:9\nA:", "Q:70-3+12+5\nA:"] + [
     f"Q:{i}+{3 * i % 97}\nA:" for i in range(1, 9)
 ]
-GREEDY = SamplingParams(temperature=0, max_tokens=24)
+GREEDY = SamplingParams(temperature=0, max_tokens=24, logprobs=True)
 
 
 def token_ids(groups):
@@ -87,7 +87,8 @@ def test_vllm_sampled_logprobs_are_those_of_the_sampling_distribution(engine, ti
     _, policy, _ = tiny
     engine.sync_weights(policy)
     group = engine.generate(
-        PROMPTS[1:2], 3, SamplingParams(temperature=0.7, top_p=0.8, max_tokens=12, seed=0)
+        PROMPTS[1:2], 3,
+        SamplingParams(temperature=0.7, top_p=0.8, max_tokens=12, seed=0, logprobs=True),
     )[0]
     assert_sampling_logprobs(policy, group, 0.7, 0.8)
 

@@ -7,10 +7,14 @@ Per completion token t of sequence b, with A_b the sequence's advantage:
     loss_t = w_t * (surr + beta * kl) - entropy_coef * H_t   (w_t: importance weights, below)
 Aggregations over the completion mask (1 = completion token, 0 = prompt or padding), a registry:
     "grpo":          mean over sequences of the per-sequence token mean
-    "bnpo", "dapo":  token mean over the whole batch (same formula, both names accepted)
+    "bnpo", "dapo":  token mean over the whole batch (both names accepted: TRL's "dapo"; TRL's
+                     "bnpo" is a token mean per micro-batch, the same with one micro-batch)
     "dr_grpo":       sum over tokens / (B * max_len)
 For gradient accumulation and data parallel, `total_sequences` / `total_tokens` replace the local
 normalisers so that the sum of the micro-batch losses is the full-batch loss.
+The log-probs (policy, old policy, reference) and the entropy are all those of one distribution,
+softmax(logits / T) with one T (Config.logprob_temperature: 1 as the paper's code, or the
+sampling temperature as TRL and verl).
 
 Importance-sampling correction (`IS_CORRECTIONS`): the engine samples with its own kernels, so
 its token probabilities differ slightly from the trainer's; with r_t = pi_old(t) / pi_sampler(t),

@@ -26,6 +26,9 @@ class SamplingParams:
     """Most completion tokens per sample (the EOS token counts)."""
     seed: int | None = None
     """Seed for this call; None draws one from the engine's seeded stream."""
+    logprobs: bool = False
+    """Report each sampled token's log-prob under the sampling distribution (`Completion.logprobs`;
+    the importance correction needs them)."""
 
     def __post_init__(self):
         if not self.temperature >= 0:
@@ -46,7 +49,8 @@ class Completion:
 
     logprobs: log-probability of each sampled token under the distribution it was drawn from
     (temperature and top-p applied; the model's own distribution for greedy decoding), what an
-    importance-sampling correction divides by; None when the engine did not compute them.
+    importance-sampling correction divides by; None unless `SamplingParams.logprobs` asked for
+    them.
     """
 
     text: str

@@ -5,11 +5,12 @@ per prompt) are left-padded into batches of at most `max_batch_size`; generation
 mode and restores the policy's previous mode, and leaves the global torch RNG alone.
 
 Sampling runs inside greedy decoding: after temperature and top-p, a last logits processor
-draws each row's token with torch.multinomial and leaves only that token for the argmax. A
-prompt's rows draw from that prompt's own generator, seeded from its seed, so its samples do not
-depend on the other prompts in the batch (up to float rounding of the batched forward pass). A
-prompt with n > max_batch_size is split into pieces with their own generators, so its samples
-then also depend on max_batch_size.
+draws each row's token by inverse CDF from uniforms drawn before decoding, and leaves only that
+token for the argmax. A prompt's uniforms come from that prompt's own generator, seeded from its
+seed (one draw per call, not per step), so its samples do not depend on the other prompts in the
+batch (up to float rounding of the batched forward pass). A prompt with n > max_batch_size is
+split into pieces with their own generators, so its samples then also depend on max_batch_size.
+The sampling distribution's log-probs are recorded only when `SamplingParams.logprobs` asks.
 """
 
 from __future__ import annotations
@@ -55,25 +56,21 @@ class SampledLogprobs(LogitsProcessor):
 
 
 class SeededSampling(LogitsProcessor):
-    """Samples each row's next token from softmax(scores [B, V]) and returns scores whose argmax
-    is that token (0 there, -inf elsewhere). Rows are taken in blocks, each block sampled with its
-    own generator at every step. Must run last (after temperature and top-p)."""
+    """Samples each row's next token from softmax(scores [B, V]) by inverse CDF, row r at
+    decoding step t using uniforms[r, t] ([B, L] float64 in [0, 1)), and returns scores whose
+    argmax is that token (0 there, -inf elsewhere; in place). Must run last (after temperature
+    and top-p); `prompt_width` is the padded prompt length, so step t = input width - it."""
 
-    def __init__(self, blocks: list[tuple[int, torch.Generator]]):
-        self.blocks = blocks
+    def __init__(self, uniforms: Tensor, prompt_width: int):
+        self.uniforms = uniforms
+        self.prompt_width = prompt_width
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        probs = torch.softmax(scores.float(), dim=-1)
-        starts = [0]
-        for rows, _ in self.blocks:
-            starts.append(starts[-1] + rows)
-        picks = torch.cat(
-            [
-                torch.multinomial(probs[start : start + rows], 1, generator=gen)
-                for start, (rows, gen) in zip(starts, self.blocks)
-            ]
-        )  # [B, 1]
-        return torch.full_like(scores, float("-inf")).scatter_(1, picks, 0.0)
+        step = input_ids.shape[1] - self.prompt_width
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(-1, dtype=torch.float64)   # [B, V]
+        target = self.uniforms[:, step : step + 1] * cdf[:, -1:]
+        picks = torch.searchsorted(cdf, target, right=True).clamp_(max=scores.shape[1] - 1)
+        return scores.fill_(float("-inf")).scatter_(1, picks, 0.0)
 
 
 @dataclass
@@ -174,15 +171,18 @@ class HFEngine(Engine):
         input_ids, mask = left_pad(
             [ids[p.prompt] for p in chunk for _ in range(p.rows)], self.pad_id
         )
-        recorder = SampledLogprobs()
+        recorder = SampledLogprobs() if sampling.logprobs else None
         processors = []
         if not sampling.greedy:
             processors.append(TemperatureLogitsWarper(sampling.temperature))
             if sampling.top_p < 1:
                 processors.append(TopPLogitsWarper(sampling.top_p))
-        processors.append(recorder)
+        if recorder is not None:
+            processors.append(recorder)
         if not sampling.greedy:
-            processors.append(SeededSampling([(p.rows, p.generator) for p in chunk]))
+            uniforms = torch.cat([torch.rand((p.rows, sampling.max_tokens), generator=p.generator,
+                                             dtype=torch.float64, device=device) for p in chunk])
+            processors.append(SeededSampling(uniforms, input_ids.shape[1]))
         # do_sample=False: the argmax of the processed scores (the sampled token when sampling).
         # Explicit values so that a model's generation_config.json cannot add its own processors.
         config = GenerationConfig(
@@ -200,13 +200,14 @@ class HFEngine(Engine):
             logits_processor=LogitsProcessorList(processors),
         )
         new_ids = out.sequences[:, input_ids.shape[1] :]  # [B, L]
-        logprobs = recorder.finish(out.sequences).cpu()  # [B, L]
+        logprobs = recorder.finish(out.sequences).cpu().tolist() if recorder else None  # [B, L]
         eos = set(self.eos_ids)
         completions = []
-        for row_ids, row_lp in zip(new_ids.cpu().tolist(), logprobs.tolist()):
+        for r, row_ids in enumerate(new_ids.cpu().tolist()):
             token_ids, reason = split_completion(row_ids, eos)
             text = self.tokenizer.decode(token_ids, skip_special_tokens=True)
-            completions.append(Completion(text, token_ids, reason, row_lp[: len(token_ids)]))
+            row_lp = logprobs[r][: len(token_ids)] if logprobs else None
+            completions.append(Completion(text, token_ids, reason, row_lp))
         return completions
 
     def sync_weights(self, policy: nn.Module) -> None:

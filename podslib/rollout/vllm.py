@@ -1,8 +1,8 @@
 """Rollouts with vLLM's offline `LLM`, run in-process, with weight sync after every update.
 
-- Each sampled token's log-prob is that of the distribution it was drawn from
-  (`logprobs_mode="processed_logprobs"`: temperature and top-p applied), as the hf engine
-  reports it.
+- Each sampled token's log-prob, when `SamplingParams.logprobs` asks, is that of the
+  distribution it was drawn from (`logprobs_mode="processed_logprobs"`: temperature and top-p
+  applied), as the hf engine reports it.
 - Prompts go in as token ids (tokenised here with add_special_tokens=False), so both engines
   see the same tokens; completions are decoded here with the same tokenizer.
 - n samples per prompt come from one request (`SamplingParams(n=...)`). With per-prompt seeds
@@ -172,7 +172,7 @@ class VLLMEngine(Engine):
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_tokens,
                 seed=None if seeds is None else seeds[i],
-                logprobs=0,
+                logprobs=0 if sampling.logprobs else None,
                 detokenize=False,
             )
             for i in range(len(prompts))
@@ -186,7 +186,7 @@ class VLLMEngine(Engine):
         ]
 
     def _completion(self, output) -> Completion:
-        """vLLM CompletionOutput -> Completion with the sampled tokens' log-probs."""
+        """vLLM CompletionOutput -> Completion (with the sampled tokens' log-probs when asked)."""
         token_ids = list(output.token_ids)
         logprobs = None
         if output.logprobs is not None:

@@ -2,10 +2,11 @@
 
 A `Batch` holds B selected rollouts: the prompt left-padded to P tokens and the completion
 right-padded to C, so every row's completion starts at column P and one forward pass gives,
-for every completion token ([B, C]): its log-probability under the policy (temperature 1, what
-the GRPO ratio and the KL use), the entropy of the sampling distribution (temperature applied),
-and, for the importance correction, its log-probability under the sampling distribution
-(temperature and top-p applied, as the engines report it).
+for every completion token ([B, C]): its log-probability and the entropy under the training
+distribution, softmax(logits / T) (what the GRPO ratio, the KL and the entropy bonus use; T is 1
+or the sampling temperature, Config.logprob_temperature), and, for the importance correction,
+its log-probability under the sampling distribution (temperature and top-p applied, as the
+engines report it).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class Batch:
 class TokenOutputs:
     """What one forward pass gives for each completion token."""
 
-    logprobs: Tensor                  # [B, C] log pi(token), temperature 1
-    entropy: Tensor                   # [B, C] entropy of the sampling distribution
+    logprobs: Tensor                  # [B, C] log pi(token) under softmax(logits / T)
+    entropy: Tensor                   # [B, C] entropy of softmax(logits / T)
     sampling_logprobs: Tensor | None  # [B, C] log-prob under the sampling distribution
 
 
@@ -83,24 +84,36 @@ def completion_logits(model, batch: Batch) -> tuple[Tensor, Tensor]:
     return logits[:, batch.prompt_len - 1:-1].float(), ids[:, batch.prompt_len:].unsqueeze(-1)
 
 
-def completion_logprobs(model, batch: Batch) -> Tensor:
-    """log pi(token) of each completion position, [B, C] (temperature 1)."""
+def completion_logprobs(model, batch: Batch, temperature: float = 1.0) -> Tensor:
+    """log-probs [B, C] of each completion token under softmax(logits / temperature)."""
     logits, targets = completion_logits(model, batch)
+    return _token_logprobs(logits / temperature, targets)
+
+
+def _token_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+    """logits [B, C, V], targets [B, C, 1] -> log softmax(logits) at the targets, [B, C]."""
     return logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def completion_outputs(model, batch: Batch, temperature: float = 1.0, top_p: float = 1.0,
-                       sampling: bool = False) -> TokenOutputs:
-    """The TokenOutputs of every completion position from one forward pass; the sampling
-    distribution's log-probs only when `sampling` (a sort over the vocabulary if top_p < 1)."""
+def completion_outputs(model, batch: Batch, temperature: float = 1.0,
+                       sampler: tuple[float, float] | None = None) -> TokenOutputs:
+    """The TokenOutputs of every completion position from one forward pass: log-probs and
+    entropy under softmax(logits / temperature); with `sampler` = (temperature, top_p) of the
+    engine, also the sampling distribution's log-probs (a sort over the vocabulary if
+    top_p < 1)."""
     logits, targets = completion_logits(model, batch)
-    logprobs = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    tempered = torch.log_softmax(logits / temperature, dim=-1)               # [B, C, V]
-    entropy = -(tempered.exp() * tempered).sum(-1)
+    scaled = logits / temperature
+    logprobs = _token_logprobs(scaled, targets)
+    log_p = torch.log_softmax(scaled, dim=-1)                                 # [B, C, V]
+    entropy = -(log_p.exp() * log_p).sum(-1)
     sampled = None
-    if sampling:
-        sampled = nucleus_log_softmax(tempered, top_p) if top_p < 1 else tempered
-        sampled = sampled.gather(-1, targets).squeeze(-1)
+    if sampler is not None:
+        sampling_temperature, top_p = sampler
+        tempered = (log_p if sampling_temperature == temperature
+                    else torch.log_softmax(logits / sampling_temperature, dim=-1))
+        if top_p < 1:
+            tempered = nucleus_log_softmax(tempered, top_p)
+        sampled = tempered.gather(-1, targets).squeeze(-1)
     return TokenOutputs(logprobs, entropy, sampled)
 
 

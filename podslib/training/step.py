@@ -83,9 +83,11 @@ class Scored:
 
 
 def generate(engine: Engine, prompts: list[str], cfg: Config, seeds: list[int]) -> list[Group]:
-    """n rollouts per prompt; prompt i samples from seeds[i] only."""
+    """n rollouts per prompt; prompt i samples from seeds[i] only (with the sampler's log-probs
+    when an importance correction needs them)."""
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,
-                              max_tokens=cfg.max_completion_tokens)
+                              max_tokens=cfg.max_completion_tokens,
+                              logprobs=cfg.is_correction != "none")
     return engine.generate(prompts, n=cfg.n, sampling=sampling, seeds=seeds)
 
 

@@ -6,7 +6,9 @@ each micro-batch is normalised by the GLOBAL totals (sequences and tokens over a
 and ranks), so the accumulated gradient equals the full-batch gradient. With mu == 1 the old
 policy is the current one (ratio 1, no clipping in effect); with mu > 1 the old log-probs come
 from one no-grad pass before the first step. Reference log-probs are computed only when
-beta > 0. With an importance correction (Config.is_correction) one no-grad pass before the
+beta > 0. The policy's, the old policy's and the reference's log-probs and the entropy are all
+those of softmax(logits / T), T = Config.training_temperature (1, or the sampling temperature).
+With an importance correction (Config.is_correction) one no-grad pass before the
 first optimizer step gives the old policy's log-probs under the sampling distribution, and the
 weights pi_old / pi_sampler (see podslib.core.loss). Optimizers and learning-rate schedules are
 registries.
@@ -64,8 +66,9 @@ def importance(policy: nn.Module, parts: list[Batch], cfg: Config) -> tuple[list
     if cfg.mu == 1 and cfg.is_correction == "none":
         return [None] * n, [None] * n, {}
     sampling = cfg.is_correction != "none"
+    sampler = (cfg.temperature, cfg.top_p) if sampling else None
     outs = no_grad(policy, parts, lambda model, mb: completion_outputs(
-        model, mb, cfg.temperature, cfg.top_p, sampling=sampling))
+        model, mb, cfg.training_temperature, sampler))
     old = [o.logprobs for o in outs] if cfg.mu > 1 else [None] * n
     if not sampling:
         return old, [None] * n, {}
@@ -92,7 +95,7 @@ def accumulate(policy: nn.Module, parts: list[Batch], old: list, ref: list, weig
     device = next(policy.parameters()).device
     local = torch.zeros(5, dtype=torch.float64)
     for mb, mb_old, mb_ref, mb_w in zip(parts, old, ref, weights):
-        out = completion_outputs(policy, mb, cfg.temperature)
+        out = completion_outputs(policy, mb, cfg.training_temperature)
         logprobs, mask = out.logprobs, mb.completion_mask.to(device)
         entropy = out.entropy if cfg.entropy_coef else out.entropy.detach()
         loss, stats = grpo_loss(
@@ -137,7 +140,8 @@ def update(policy: nn.Module, optimizer, scheduler, batch: Batch, cfg: Config, r
     ref = [None] * len(parts)
     if cfg.beta > 0:
         with reference.active() as model:
-            ref = no_grad(model, parts, completion_logprobs)
+            ref = no_grad(model, parts, lambda model, mb: completion_logprobs(
+                model, mb, cfg.training_temperature))
     old, weights, is_stats = importance(policy, parts, cfg)
     sums = dict.fromkeys(STATS, 0.0)
     for _ in range(cfg.mu):
