@@ -271,7 +271,7 @@ def test_parse_sweep():
 
 
 def test_plan_variants_and_sweeps():
-    grid = pipeline.load_grid(pipeline.CONFIGS / "tiny_study.yaml")
+    grid = pipeline.load_grid(pipeline.CONFIGS / "tiny_study_n.yaml")
     assert [v.name for v in L.plan(grid, only=["n8", "pods"])] == ["grpo", "n8", "pods"]
     swept = L.plan(grid, only=["pods"], sweep="n=8,32")
     assert [(v.name, v.source, v.swept, v.config.n) for v in swept] == [

@@ -5,6 +5,8 @@ Python the kit is tested on and refuses one it is not."""
 
 import shutil
 import subprocess
+import sys
+import threading
 
 import nbformat
 import pytest
@@ -107,3 +109,19 @@ def test_make_setup_refuses_a_python_it_is_not_tested_on(tmp_path):
     assert refused.returncode != 0
     assert "PY=python-old is not a Python from 3.11 to 3.13" in refused.stdout
     assert "installing" not in refused.stdout
+
+
+def test_pipeline_lines_are_whole_when_runs_log_together(monkeypatch):
+    """`pods run --jobs 2` printed '[e/grpo-s0] starting[e/pods-s0] starting': print writes
+    the text and its newline in two calls, and two threads interleaved them. Each line is one
+    write."""
+    writes = []
+    monkeypatch.setattr(sys, "stdout", type("Out", (), {"write": writes.append,
+                                                        "flush": lambda self: None})())
+    threads = [threading.Thread(target=pipeline.say, args=(f"[e/v{i}-s0] starting",))
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(writes) == sorted(f"[e/v{i}-s0] starting\n" for i in range(8))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +52,13 @@ GRID_KEYS = ("experiment", "description", "inherit", "seeds", "base", "grid")
 # Config fields holding paths: relative values are taken relative to the repository root (the
 # notebooks run with notebooks/ as working directory, the `pods` command wherever it is called).
 PATH_FIELDS = ("model", "train_source", "test_source", "results_root", "cache_dir")
+
+
+def say(line: str) -> None:
+    """Print one line in one write: the lines of runs that start or end together never
+    interleave (print writes the text and its newline separately)."""
+    sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +235,7 @@ def preflight(grid: Grid, specs: list[RunSpec], root: Path,
 def run_grid(config_file: str | Path, seeds: list[int] | None = None,
              only: list[str] | None = None, results_root: str | Path | None = None,
              overrides: dict[str, Any] | None = None, kernel: str | None = None,
-             progress: bool = True, jobs: int = 1, log=print) -> dict[str, list[str]]:
+             progress: bool = True, jobs: int = 1, log=say) -> dict[str, list[str]]:
     """Run every (variant, seed) of the grid through notebooks/03_train.ipynb, `jobs` at a time
     (seed-major order, so with 2 jobs the variants of one seed run side by side).
 
@@ -415,7 +423,7 @@ def baselines(exp_dir: Path, requested: str | None) -> tuple[str, list[str]]:
 
 
 def report(experiment: str, results_root: str | Path = REPO / "results", kernel: str | None = None,
-           progress: bool = True, baseline: str | None = None, log=print) -> Path:
+           progress: bool = True, baseline: str | None = None, log=say) -> Path:
     """Rebuild an experiment's record, figures and summary tables (notebooks/04_plots.ipynb).
     The record (runs.csv.gz) is rewritten from the run folders when there are any, else read
     as committed; figures/, summary.{md,csv} (against the experiment's main baseline,
@@ -515,7 +523,7 @@ def prepare_models(configs: list[Config], progress: bool = True) -> list[str]:
 
 def reproduce(config_file: str | Path = CONFIGS / "tiny.yaml",
               results_root: str | Path = REPO / "results", kernel: str | None = None,
-              progress: bool = True, jobs: int = 2, log=print) -> dict[str, Any]:
+              progress: bool = True, jobs: int = 2, log=say) -> dict[str, Any]:
     """The tiny default end to end: warm-start (cached), 01_rollouts, 02_downsampling, the grid
     (GRPO vs GRPO-PODS, same training-time budget, `jobs` runs at a time), 04_plots. Steps
     already done are skipped (the report too when no run is new), so a re-run changes nothing.
