@@ -1,7 +1,23 @@
-"""Helpers shared by the engine tests (not a test module): a few supervised steps that make the
-tiny model's greedy output prompt-dependent, and the check of reported log-probs."""
+"""Helpers shared by the engine tests (not a test module): vLLM required or skipped, a few
+supervised steps that make the tiny model's greedy output prompt-dependent, and the check of
+reported log-probs."""
 
+import os
+
+import pytest
 import torch
+
+from podslib.rollout import vllm_available
+
+
+def require_vllm() -> None:
+    """Skip without vLLM, except under CI=true, where that is a failure."""
+    if vllm_available():
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
+                    pytrace=False)
+    pytest.skip("vllm is not importable (run `make setup`)")
 
 
 def sft(model, tok, steps: int = 60, lr: float = 3e-3, seed: int = 0):

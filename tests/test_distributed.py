@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_checks import require_vllm
 from test_trainer import easy
 
 from podslib import rundir
-from podslib.rollout import vllm_available
 from podslib.training import distributed as D
 
 ROLLOUT_KEYS = ("reward_mean_all", "reward_std_all", "sel_var", "tokens_generated",
@@ -225,15 +225,6 @@ def test_distributed_fsdp_uneven_micro_batches_and_sharded_resume(tmp_path, cach
 # ----------------------------------------------------------------------------------------------
 # vLLM inside the group: one in-process engine per rank
 # ----------------------------------------------------------------------------------------------
-
-def require_vllm() -> None:
-    if vllm_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
-                    pytrace=False)
-    pytest.skip("vllm is not importable (run `make setup`)")
-
 
 VLLM_ENGINE_IN_A_GROUP = """
 import os, sys

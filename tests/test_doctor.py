@@ -8,21 +8,11 @@ import subprocess
 import sys
 
 import pytest
-
-from podslib.rollout import vllm_available
+from engine_checks import require_vllm
 
 FACTS = ("python", "platform", "torch", "transformers", "vllm", "peft", "papermill", "pods-kit",
          "cores", "torch threads", "memory", "gpu")
 CHECKS = ("engine hf", "engine vllm", "jupyter kernel", "browser test")
-
-
-def require_vllm() -> None:
-    if vllm_available():
-        return
-    if os.environ.get("CI") == "true":
-        pytest.fail("vllm is not importable but CI=true requires the vLLM tests (run `make setup`)",
-                    pytrace=False)
-    pytest.skip("vllm is not importable (run `make setup`)")
 
 
 def doctor(**environ) -> subprocess.CompletedProcess:
