@@ -871,3 +871,20 @@ def test_the_papermill_section_says_what_pods_sets_for_its_kernels(monkeypatch):
     for name in names:
         if name in os.environ:
             assert f"`{name}={os.environ[name]}`" in text, name
+
+
+def test_a_run_without_test_problems_builds_its_data():
+    """A run with no test problems at all (bench/peer_trl.py's trainer) is not 'all dropped':
+    its data builds, and the engine's limits come from the training prompts alone."""
+    from podslib.models.tiny import char_tokenizer
+    from podslib.tasks.datasets import make_arith
+    from podslib.training.data import build_data, engine_limits
+
+    tok = char_tokenizer()
+    train = make_arith(8, seed=0, split="train", steps=(1, 1), operand_range=(1, 9))
+    data = build_data(Config(), tok, train, [])
+    assert (data.test_examples, data.n_test_dropped) == ([], 0)
+    assert data.longest_prompt == max(len(tok(p, add_special_tokens=False)["input_ids"])
+                                      for p in data.prompts)
+    limits = engine_limits(Config(), data, world_size=1)
+    assert limits["max_num_seqs"] == Config().prompts_per_step * Config().n

@@ -82,14 +82,14 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
                note: Callable[[str], None] = _stderr) -> Data:
     """The training prompts and the test problems whose prompts fit max_prompt_tokens. Dropped
     test problems are counted in a `note` (accuracy is over the others); none left of either
-    split is a ValueError."""
+    split is a ValueError (no test problems at all is fine: a run without evaluation)."""
     prompts, kept, n_dropped = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
     if not prompts:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
                          "training prompts; raise it")
     test_prompts, test_kept, n_test_dropped = build_prompts(test, cfg.template, tokenizer,
                                                             cfg.max_prompt_tokens)
-    if not test_kept:
+    if test and not test_kept:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(test)} test "
                          "problems; raise it")
     if n_test_dropped:
