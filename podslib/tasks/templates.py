@@ -55,6 +55,14 @@ def render_prompt(example: Example, template: str, tokenizer=None) -> str:
     return plain
 
 
+def longest_prompt(prompts: Sequence[str], tokenizer) -> int:
+    """Tokens of the longest of `prompts` (0 for none), counted as the engines encode them
+    (add_special_tokens=False): what an engine's max_model_len must hold besides the completion."""
+    if not prompts:
+        return 0
+    return max(map(len, tokenizer(list(prompts), add_special_tokens=False)["input_ids"]))
+
+
 def build_prompts(examples: Sequence[Example], template: str, tokenizer,
                   max_prompt_tokens: int | None = None) -> tuple[list[str], list[Example], int]:
     """Renders prompts and drops those longer than `max_prompt_tokens` tokens.

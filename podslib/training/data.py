@@ -16,7 +16,7 @@ import numpy as np
 from podslib.config import Config, TinySettings
 from podslib.seeding import derive_seed
 from podslib.tasks.datasets import Example, load_task, make_arith
-from podslib.tasks.templates import build_prompts
+from podslib.tasks.templates import build_prompts, longest_prompt
 
 
 def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int = 0
@@ -96,9 +96,8 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
         note(f"warning: max_prompt_tokens={cfg.max_prompt_tokens} drops {n_test_dropped} of "
              f"{len(test)} test problems (prompts too long); test accuracy is over the other "
              f"{len(test_kept)}")
-    lengths = tokenizer(prompts + test_prompts, add_special_tokens=False)["input_ids"]
-    longest = max(map(len, lengths))
-    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped, longest)
+    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped,
+                longest_prompt(prompts + test_prompts, tokenizer))
 
 
 def engine_limits(cfg: Config, data: Data, world_size: int) -> dict[str, int]:
