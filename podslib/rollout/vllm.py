@@ -8,12 +8,16 @@
 - n samples per prompt come from one request (`SamplingParams(n=...)`). With per-prompt seeds
   (or a call seed) every request carries its own seed, so a prompt's samples do not depend on
   the rest of the batch; without, vLLM's global generator (seeded at start) is used.
-- `sync_weights` pushes `merged_state_dict(policy)` (all keys, the tied lm_head.weight
-  included, LoRA merged) through the worker's `reload_weights` and resets the prefix cache,
-  whose blocks hold keys/values computed with the old weights. The CPU build repacks linear
-  weights at load time, so `model.load_weights` fails there; `reload_weights` undoes and redoes
-  the repacking. It is reached with `collective_rpc`, which calls the worker directly in
-  this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) on CPU and GPU builds alike.
+- `sync_weights` copies `merged_state_dict(policy)` (all keys, the tied lm_head.weight
+  included, LoRA merged) into the engine's own parameters, in place, through the model's
+  `load_weights` (vLLM's weight loaders fuse q/k/v and gate/up), and resets the prefix cache,
+  whose blocks hold keys/values computed with the old weights. It runs in the worker, reached
+  with `collective_rpc`, which calls it directly in this process
+  (VLLM_ENABLE_V1_MULTIPROCESSING=0). On CPU vLLM packs each linear layer's weight into a
+  kernel of its own at load time and drops the weight; the engine starts with the weights kept
+  (`_weights_kept`: one more copy of the linear weights in memory) and the sync re-packs them,
+  a few milliseconds for the tiny model, where vLLM's general `reload_weights` (which rebuilds
+  every layer) takes several times that. On GPU the weights are used as they are.
 - Inside a torch.distributed group (one engine per data-parallel rank, under torchrun or
   accelerate launch) vLLM joins that group instead of making its own, with the
   `external_launcher` executor: rank and device come from the launcher's RANK and LOCAL_RANK
@@ -127,7 +131,7 @@ class VLLMEngine(Engine):
         environ, threads = dict(os.environ), torch.get_num_threads()
         clients = []
         try:
-            with _kept_set_num_threads(), _recorded_clients(clients):
+            with _kept_set_num_threads(), _recorded_clients(clients), _weights_kept():
                 self.llm = vllm.LLM(
                     model=path,
                     seed=seed,
@@ -199,8 +203,7 @@ class VLLMEngine(Engine):
         """Copy `policy`'s weights (LoRA merged) into the engine and drop cached prefixes."""
         if self.llm is None:
             raise RuntimeError("this vllm engine is closed; make a new one with make_engine")
-        weights = iter(merged_state_dict(policy).items())
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.collective_rpc(_load_weights, args=(merged_state_dict(policy),))
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
@@ -215,6 +218,38 @@ class VLLMEngine(Engine):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _load_weights(worker, weights: dict[str, torch.Tensor]) -> None:
+    """In the worker: copy `weights` into the model's parameters through its weight loaders,
+    then re-pack the CPU kernels of the layers that have one (see `_weights_kept`)."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    model = worker.get_model()
+    loaded = model.load_weights(iter(weights.items()))
+    missed = sorted({name for name, _ in model.named_parameters()} - set(loaded))
+    if missed:
+        raise RuntimeError(f"vLLM's model got no weights for {missed[:5]} from the policy's "
+                           f"state dict ({len(missed)} parameters); is it the same architecture?")
+    for module in model.modules():
+        if hasattr(module, "cpu_linear") and module.weight.ndim == 2 \
+                and not getattr(module, "_cpu_skip_gemm_dispatch", False):
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+
+
+@contextmanager
+def _weights_kept():
+    """vLLM's CPU build packs each linear layer's weight for its GEMM kernel and then drops the
+    weight; keep it, so that `_load_weights` can copy new weights in place and re-pack."""
+    from vllm.model_executor.layers import utils
+
+    dispatch = utils.dispatch_cpu_unquantized_gemm
+
+    def keeping(layer, remove_weight: bool) -> None:
+        dispatch(layer, remove_weight=False)
+
+    with mock.patch.object(utils, "dispatch_cpu_unquantized_gemm", keeping):
+        yield
 
 
 def _changed(before: dict[str, str]) -> dict[str, str | None]:
