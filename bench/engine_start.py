@@ -57,10 +57,12 @@ print("RESULT " + json.dumps(out))
 
 
 def measure(tree: Path, model: Path, eval_prompts: int) -> dict:
+    # `python -c` puts the working directory first on sys.path: run in `tree`, so that its
+    # podslib is the one imported whatever directory the bench is started from.
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1",
            "VLLM_LOGGING_LEVEL": "ERROR"}
     done = subprocess.run([sys.executable, "-c", CHILD, str(model), str(eval_prompts)],
-                          capture_output=True, text=True, env=env, check=True)
+                          capture_output=True, text=True, env=env, check=True, cwd=tree)
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
 

@@ -5,8 +5,9 @@ Both get the kit's warm-started tiny model, its arithmetic prompts and its rewar
 step, 48 new tokens, T 0.9, lr 5e-5 (constant), AdamW betas (0.9, 0.99), beta 0, one optimizer
 step per batch on one micro-batch of every trained row, float32, one torch thread. TRL (the
 `trl` of requirements/peer.txt): use_vllm=False, loss_type grpo, gradient checkpointing and bf16
-off. The kit: its `Trainer.step` with engine hf, and with vllm (the engine it recommends on this
-machine, results/bench/step_cost.md).
+off. The kit: its `Trainer.step` with engine hf, with vllm as configured by default (the engine
+it recommends on this machine, results/bench/step_cost.md; the model compiled with torch.compile)
+and with vllm run eagerly (`enforce_eager`: no compilation).
 
 Time: the runners of one session share a process and take turns, one step each per round, the
 order rotating every round, so that what else runs on the machine slows all of them alike; a
@@ -49,6 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = Path(__file__).resolve().parent
+ENGINES = ["hf", "vllm", "vllm-eager"]   # the kit's engines; vllm-eager: enforce_eager
 ROWS = [  # (label, kit n, kit m, TRL generations)
     ("GRPO, 4 generations", 4, 4, 4),
     ("GRPO, 16 generations", 16, 16, 16),
@@ -65,9 +67,11 @@ QUICK = {**FULL, "prompts": 2, "tokens": 8, "memory_n": 8, "memory_m": 4,
 # ----------------------------------------------------------------------------------------------
 
 def kit_config(engine: str, n: int, m: int, rep: int, settings: dict, cache: str):
+    """The kit's run for one row; engine 'vllm-eager' is vllm with enforce_eager."""
     from podslib.config import Config
 
-    return Config(engine=engine, n=n, m=m, prompts_per_step=settings["prompts"],
+    return Config(engine=engine.removesuffix("-eager"), enforce_eager=engine.endswith("-eager"),
+                  n=n, m=m, prompts_per_step=settings["prompts"],
                   micro_batch_size=settings["prompts"] * m,
                   max_completion_tokens=settings["tokens"], temperature=settings["temperature"],
                   lr=settings["lr"], beta=0.0, seed=rep, tiny=settings["tiny"], cache_dir=cache,
@@ -191,13 +195,13 @@ def trl_trainer(generations: int, cfg, settings: dict, work: Path, max_steps: in
 
 
 def sessions(engines: list[str]) -> list[dict]:
-    """What runs in one process: the hf session holds every row; a vLLM row runs alone with its
-    TRL peer (one vLLM engine per process)."""
+    """What runs in one process: the hf session holds every row; a vLLM row (compiled or eager)
+    runs alone with its TRL peer (one vLLM engine per process)."""
     out = []
     if "hf" in engines:
         out.append({"engine": "hf", "rows": list(range(len(ROWS)))})
-    if "vllm" in engines:
-        out += [{"engine": "vllm", "rows": [r]} for r in range(len(ROWS))]
+    for engine in (e for e in engines if e != "hf"):
+        out += [{"engine": engine, "rows": [r]} for r in range(len(ROWS))]
     return out
 
 
@@ -376,7 +380,7 @@ def write(result: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"], choices=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=ENGINES, choices=ENGINES)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--skip", type=int, default=4, help="warm-up steps left out")
     parser.add_argument("--repeats", type=int, default=3)

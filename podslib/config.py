@@ -276,6 +276,11 @@ class Config:
                                            "configs: 0.3). Not used on CPU (see "
                                            "kv_cache_memory_bytes).", low=0, high=1,
                                            low_open=True)
+    enforce_eager: bool = option(False, "vLLM: run the model eagerly instead of compiling it "
+                                 "with torch.compile (and, on a GPU, CUDA graphs). Compiling "
+                                 "costs seconds at the engine's start (more the first time: "
+                                 "vLLM caches it) and makes generation faster: "
+                                 "results/bench/peer_trl.md.", resume_safe=True)
     kv_cache_memory_bytes: int | None = option(None, "vLLM's kv_cache_memory_bytes: bytes of KV "
                                                "cache per engine. None = on CPU, what the run "
                                                "holds at once (its most sequences x longest "

@@ -237,7 +237,8 @@ prompts = [f"Q:{i}+{2 * i}\\nA:" for i in range(6)]
 greedy = SamplingParams(temperature=0, max_tokens=8)
 
 def engine():
-    return make_engine("vllm", model_path=sys.argv[1], seed=0, max_model_len=64, max_num_seqs=6)
+    return make_engine("vllm", model_path=sys.argv[1], seed=0, max_model_len=64, max_num_seqs=6,
+                       enforce_eager=True)
 
 def tokens(e):
     return [c.token_ids for g in e.generate(prompts, 1, greedy) for c in g.completions]
@@ -289,7 +290,8 @@ def test_vllm_distributed_fsdp_matches_one_process(tmp_path, cache_dir):
     head_dim 16 (the 2 heads of the hf tests' model)."""
     require_vllm()
     cfg = easy(cache_dir, max_steps=3, eval_every_steps=0,
-               micro_batch_size=3, test_size=8, engine="vllm", **{"tiny.heads": 1})
+               micro_batch_size=3, test_size=8, engine="vllm", enforce_eager=True,
+               **{"tiny.heads": 1})
     config = tmp_path / "config.yaml"
     cfg.to_yaml(config)
     train(config, tmp_path / "one", 1)

@@ -178,11 +178,13 @@ def test_vllm_missing_model_path(tmp_path):
 def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
     """Runs last: close the shared engine (its LLM object is garbage-collected), then start a
     second engine in the same process through engine='auto', given a policy whose weights differ
-    from the saved folder: it is synced at start. Closing it restores the environment variables
-    that starting it set."""
+    from the saved folder: it is synced at start. The shared engine is compiled (the default),
+    this one runs eagerly: both generate what transformers does. Closing it restores the
+    environment variables that starting it set."""
     path, _, tok = tiny
     policy, _ = load_policy(path)
     sft(policy, tok, steps=15, seed=5)
+    assert not engine.llm.llm_engine.vllm_config.model_config.enforce_eager
     llm = weakref.ref(engine.llm)
     engine.close()
     gc.collect()
@@ -190,10 +192,11 @@ def test_vllm_close_frees_the_engine_and_a_new_one_starts(engine, tiny):
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate(PROMPTS[:1], 1, GREEDY)
     environ = dict(os.environ)
-    second = make_engine("auto", model_path=path, policy=policy, tokenizer=tok)
+    second = make_engine("auto", model_path=path, policy=policy, tokenizer=tok, enforce_eager=True)
     assert os.environ.get("LOCAL_WORLD_SIZE") == "1"
     try:
         assert second.name == "vllm"
+        assert second.llm.llm_engine.vllm_config.model_config.enforce_eager
         assert torch.set_num_threads.__name__ == "set_num_threads"  # vLLM's no-op patch undone
         assert second.generate([], 2, GREEDY) == []
         assert token_ids(second.generate(PROMPTS, 1, GREEDY)) == token_ids(hf_greedy(policy, tok))

@@ -102,7 +102,8 @@ def test_vllm_starts_on_a_small_memory_node(tiny):
     own sizing asked for 0.05 x 4 GiB minus the process's resident memory: less than zero.)"""
     patch = node(total=4 * GiB, available=1 * GiB)
     try:
-        engine = make_engine("vllm", model_path=tiny[0], seed=0, gpu_memory_utilization=0.05)
+        engine = make_engine("vllm", model_path=tiny[0], seed=0, gpu_memory_utilization=0.05,
+                             enforce_eager=True)
     finally:
         patch.undo()
     try:
@@ -118,7 +119,8 @@ def test_vllm_training_run_on_a_small_memory_node(tmp_path, cache_dir):
     on a node of 4 GiB with 1 GiB free, whose KV cache is sized by the run (its 4 x 8 rollouts
     or 24 x 2 evaluation samples of at most 16 + prompt tokens): 1 block of 128 tokens each for
     48 sequences, far below the free GiB."""
-    cfg = easy(cache_dir, engine="vllm", max_steps=1, eval_every_steps=1, **{"tiny.heads": 1})
+    cfg = easy(cache_dir, engine="vllm", enforce_eager=True, max_steps=1, eval_every_steps=1,
+               **{"tiny.heads": 1})
     patch = node(total=4 * GiB, available=1 * GiB)
     try:
         T.train(cfg, tmp_path / "run", progress=False)
@@ -154,13 +156,14 @@ def test_vllm_failed_start_leaves_nothing_and_the_next_start_works(tiny, tmp_pat
     path, patch = failing(tiny, tmp_path)
     try:
         with pytest.raises(Exception) as failed:
-            make_engine("vllm", model_path=path, seed=0, gpu_memory_utilization=0.05)
+            make_engine("vllm", model_path=path, seed=0, gpu_memory_utilization=0.05,
+                        enforce_eager=True)
     finally:
         if patch:
             patch.undo()
     assert not isinstance(failed.value, KeyError), failed.value
     assert process_state() == before
-    engine = make_engine("vllm", model_path=tiny[0], seed=0)
+    engine = make_engine("vllm", model_path=tiny[0], seed=0, enforce_eager=True)
     try:
         assert greedy_ids(engine) == expected
     finally:

@@ -52,6 +52,7 @@ def sample_rollouts(cfg: Config, num_prompts: int, n: int) -> dict[str, Any]:
                          device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
                          gpu_memory_utilization=cfg.gpu_memory_utilization,
                          kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+                         enforce_eager=cfg.enforce_eager,
                          max_model_len=longest_prompt(prompts, tokenizer) + cfg.max_completion_tokens,
                          max_num_seqs=max(len(prompts) * n, 1))
     try:

@@ -24,7 +24,8 @@ VLLM_INSTALL_HINT = (
 log = logging.getLogger(__name__)
 
 # name -> factory(model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
-#                 max_model_len, max_num_seqs, kv_cache_memory_bytes, max_batch_size) -> Engine
+#                 max_model_len, max_num_seqs, kv_cache_memory_bytes, enforce_eager,
+#                 max_batch_size) -> Engine
 ENGINES = Registry("engine")
 
 
@@ -37,7 +38,7 @@ def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.M
                 tokenizer=None, device: str = "cpu", dtype: str = "float32", seed: int = 0,
                 gpu_memory_utilization: float = 0.3, max_model_len: int | None = None,
                 max_num_seqs: int | None = None, kv_cache_memory_bytes: int | None = None,
-                max_batch_size: int = 256) -> Engine:
+                enforce_eager: bool = False, max_batch_size: int = 256) -> Engine:
     """Build the rollout engine registered as `name` ('hf', 'vllm', 'auto', ...).
 
     hf: generates with `policy` (+ `tokenizer`), or loads them from `model_path`; its
@@ -47,14 +48,14 @@ def make_engine(name: str, *, model_path: str | Path | None = None, policy: nn.M
     `max_batch_size` bounds the rows per hf `generate` call. vllm's `max_model_len` (longest
     prompt + completion) and `max_num_seqs` (most sequences generated at once) bound what the
     engine holds; on CPU they size its KV cache, unless `kv_cache_memory_bytes` is given (see
-    `podslib.rollout.vllm`).
+    `podslib.rollout.vllm`); `enforce_eager` skips vLLM's torch.compile.
     """
     return ENGINES.get(name)(model_path=model_path, policy=policy, tokenizer=tokenizer,
                              device=device, dtype=dtype, seed=seed,
                              gpu_memory_utilization=gpu_memory_utilization,
                              max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                              kv_cache_memory_bytes=kv_cache_memory_bytes,
-                             max_batch_size=max_batch_size)
+                             enforce_eager=enforce_eager, max_batch_size=max_batch_size)
 
 
 @ENGINES.register("hf")
@@ -73,7 +74,7 @@ def _hf(*, model_path, policy, tokenizer, device, dtype, seed, max_batch_size, *
 
 @ENGINES.register("vllm")
 def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_utilization,
-          max_model_len, max_num_seqs, kv_cache_memory_bytes, **_) -> Engine:
+          max_model_len, max_num_seqs, kv_cache_memory_bytes, enforce_eager, **_) -> Engine:
     if not vllm_available():
         raise ImportError(
             f"engine 'vllm' needs the vllm package, which is not importable: {VLLM_INSTALL_HINT}")
@@ -85,7 +86,8 @@ def _vllm(*, model_path, policy, tokenizer, device, dtype, seed, gpu_memory_util
     engine = VLLMEngine(model_path, tokenizer=tokenizer, device=device, dtype=dtype, seed=seed,
                         gpu_memory_utilization=gpu_memory_utilization,
                         max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                        kv_cache_memory_bytes=kv_cache_memory_bytes)
+                        kv_cache_memory_bytes=kv_cache_memory_bytes,
+                        enforce_eager=enforce_eager)
     if policy is not None:
         try:
             engine.sync_weights(policy)

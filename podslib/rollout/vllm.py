@@ -88,12 +88,14 @@ class VLLMEngine(Engine):
         max_model_len: int | None = None,
         max_num_seqs: int | None = None,
         kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool = False,
     ):
         """max_model_len: the longest prompt + completion (None: the model's limit; capped by
         it). max_num_seqs: the most sequences generated at once (None: vLLM's default); on CPU
         at most CPU_MAX_NUM_SEQS, and with max_model_len it sizes the KV cache unless
         `kv_cache_memory_bytes` is given. On GPU vLLM keeps its own max_num_seqs and sizes
-        the cache from gpu_memory_utilization (or `kv_cache_memory_bytes`)."""
+        the cache from gpu_memory_utilization (or `kv_cache_memory_bytes`). enforce_eager:
+        run the model eagerly; else vLLM compiles it (torch.compile; CUDA graphs on GPU)."""
         if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
             raise ValueError(
                 "VLLM_ENABLE_V1_MULTIPROCESSING must be '0' (in-process engine, needed "
@@ -140,7 +142,7 @@ class VLLMEngine(Engine):
                     max_num_seqs=max_num_seqs,
                     gpu_memory_utilization=gpu_memory_utilization,
                     kv_cache_memory_bytes=kv_cache_memory_bytes,
-                    enforce_eager=device == "cpu",
+                    enforce_eager=enforce_eager,
                     logprobs_mode="processed_logprobs",      # the sampling distribution's
                     distributed_executor_backend="external_launcher" if in_group else None,
                 )

@@ -206,6 +206,7 @@ class Trainer:
                                   device=device, dtype=cfg.dtype, seed=cfg.seed,
                                   gpu_memory_utilization=cfg.gpu_memory_utilization,
                                   kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
+                                  enforce_eager=cfg.enforce_eager,
                                   **engine_limits(cfg, self.data, info.world_size))
         self.optimizer, self.scheduler = optimizer_and_scheduler(cfg, self.model.policy)
         self.state = LoopState(next_eval_s=cfg.eval_every_s, next_ckpt_s=cfg.checkpoint_every_s)
