@@ -68,3 +68,20 @@ def test_doctor_names_the_cause_when_vllm_cannot_start():
     assert len(problems) == 1, done.stderr[-3000:]
     assert "engine 'vllm' does not start" in problems[0]
     assert "unset VLLM_ENABLE_V1_MULTIPROCESSING" in problems[0]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_doctor_names_a_missing_compiler(tmp_path):
+    """vLLM compiles the model (torch.compile), which on a CPU needs a C++ compiler: with none
+    (CXX naming a missing file, and empty compile caches, as on a fresh machine) the vllm check
+    fails in one line that says to install one or set enforce_eager."""
+    require_vllm()
+    done = doctor(CXX=str(tmp_path / "no-g++"), VLLM_CACHE_ROOT=str(tmp_path / "vllm"),
+                  TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    _, verdicts = listed(done.stdout)
+    assert done.returncode == 1, done.stdout + done.stderr[-3000:]
+    assert verdicts["engine vllm"] == "FAIL" and verdicts["engine hf"] == "ok"
+    problems = [line for line in done.stderr.splitlines() if line.startswith("pods doctor:")]
+    assert len(problems) == 1, done.stderr[-3000:]
+    assert "C++ compiler" in problems[0] and "enforce_eager: true" in problems[0], problems[0]

@@ -34,12 +34,14 @@ ENVIRONMENT = ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "OMP_
                "CUDA_VISIBLE_DEVICES")
 GiB = 1 << 30
 KERNEL = "pods-kit"
-# What to do when an engine does not start, by a piece of its error message.
+# What to do when an engine does not start, by a piece of its error message (None: the message
+# says it).
 ENGINE_FIXES = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "unset VLLM_ENABLE_V1_MULTIPROCESSING (or set it to 0): "
                                       "the kit runs vLLM inside its own process",
     "Available memory on node": "free memory, or set kv_cache_memory_bytes (Config) below the "
                                 "memory available",
+    "C++ compiler": None,
 }
 
 
@@ -124,8 +126,8 @@ def engine_check(name: str, model_path: Path) -> str:
         cause = " ".join(str(err).split())[:300]
         fix = next((f for key, f in ENGINE_FIXES.items() if key in cause),
                    "paste this output into a bug report")
-        raise Problem(f"engine {name!r} does not start: {type(err).__name__}: {cause}; "
-                      f"{fix}") from err
+        raise Problem(f"engine {name!r} does not start: {type(err).__name__}: {cause}"
+                      + (f"; {fix}" if fix else "")) from err
     started = time.perf_counter() - start
     try:
         begin = time.perf_counter()

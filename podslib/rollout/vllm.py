@@ -56,6 +56,9 @@ from podslib.seeding import derive_seed
 CPU_BLOCK_TOKENS = 128   # vLLM's KV-cache block on CPU (vllm/platforms/cpu.py)
 CPU_MAX_NUM_SEQS = 256   # vLLM's default max_num_seqs on CPU (EngineArgs.get_batch_defaults)
 KV_MARGIN = 1.25         # on top of whole blocks per sequence
+NO_COMPILER = ("vLLM could not compile the model: torch.compile needs a working C++ compiler on "
+               "a CPU and found none; install one (Debian/Ubuntu: apt-get install g++) or set "
+               "enforce_eager: true (slower generation)")
 
 
 def kv_cache_bytes(model_config, dtype: str, max_num_seqs: int, max_model_len: int) -> int:
@@ -146,9 +149,11 @@ class VLLMEngine(Engine):
                     logprobs_mode="processed_logprobs",      # the sampling distribution's
                     distributed_executor_backend="external_launcher" if in_group else None,
                 )
-        except BaseException:
+        except BaseException as err:
             _stop(clients, in_group)
             _restore(_changed(environ), threads)
+            if "InvalidCxxCompiler" in str(err):
+                raise RuntimeError(NO_COMPILER) from err
             raise
         # The in-process client shuts the engine core down when collected or at exit; that and
         # `close` go through `_shutdown`.
