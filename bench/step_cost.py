@@ -9,7 +9,8 @@ repeat's c and the median, with the phase split. Run it on an otherwise idle mac
     .venv/bin/python bench/step_cost.py            # writes results/bench/step_cost.{json,md}
 
 Which engine has the lower c is the better one for PODS relative to GRPO on this machine (the
-wall-clock speedup predicted from the per-step speedup is per_step / c).
+wall-clock speedup predicted from the per-step speedup is per_step / c). Engines: hf, vllm (as
+configured by default: compiled) and vllm-eager (vllm with enforce_eager).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def run_pair(engine: str, steps: int, work: Path) -> dict[str, list[dict]]:
 
     procs = {}
     for name, nm in VARIANTS.items():
-        cfg = Config(engine=engine, max_steps=steps,
-                     max_train_seconds=0, eval_every_s=0, test_size=50, eval_repeats=1,
-                     checkpoint_every_s=0, keep_best_checkpoint=False, log_completions=0, **nm)
+        cfg = Config(engine=engine.removesuffix("-eager"), enforce_eager=engine.endswith("-eager"),
+                     max_steps=steps, max_train_seconds=0, eval_every_s=0, test_size=50,
+                     eval_repeats=1, checkpoint_every_s=0, keep_best_checkpoint=False,
+                     log_completions=0, **nm)
         config = work / f"{engine}-{name}.yaml"
         cfg.to_yaml(config)
         procs[name] = subprocess.Popen(
@@ -62,7 +64,8 @@ def medians(records: list[dict], skip: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--engines", nargs="+", default=["hf", "vllm"])
+    parser.add_argument("--engines", nargs="+", default=["hf", "vllm", "vllm-eager"],
+                        help="vllm-eager: vllm with enforce_eager (not compiled)")
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--skip", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
