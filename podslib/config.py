@@ -268,9 +268,10 @@ class Config:
                                    low=1)
 
     # --- rollouts and down-sampling ----------------------------------------------------------
-    engine: str = option("vllm", "Rollout engine: 'vllm' (the lower PODS/GRPO step-cost ratio on "
-                         "the tiny default: results/bench/step_cost.md), 'hf' (transformers) or "
-                         "'auto'.", choices=ENGINES)
+    engine: str = option("vllm", "Rollout engine: 'vllm' (faster steps and a lower PODS/GRPO "
+                         "step-cost ratio than hf on the tiny default: "
+                         "results/bench/step_cost.md), 'hf' (transformers) or 'auto'.",
+                         choices=ENGINES)
     gpu_memory_utilization: float = option(0.05, "vLLM on a GPU: fraction of GPU memory for the "
                                            "engine; a real model needs more (the paper's "
                                            "configs: 0.3). Not used on CPU (see "
