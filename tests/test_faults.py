@@ -888,3 +888,17 @@ def test_a_run_without_test_problems_builds_its_data():
                                       for p in data.prompts)
     limits = engine_limits(Config(), data, world_size=1)
     assert limits["max_num_seqs"] == Config().prompts_per_step * Config().n
+
+
+def test_a_train_stopped_at_once_resumes_with_its_overrides(tmp_path):
+    """`pods train C R lr=1e-4` stopped by a second Ctrl-C (no step-boundary checkpoint) after
+    an earlier checkpoint: the resume command it prints carries lr=1e-4, as the one printed at
+    a step boundary does (without it the resumed config would differ from the run's)."""
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-00000010").mkdir(parents=True)
+    args = cli.parse_args(["train", "c.yaml", str(run), "lr=1e-4", "max_steps=60"])
+    line = cli._interrupted(args, KeyboardInterrupt(), [])
+    assert line.startswith("stopped at once; the run resumes from ")
+    assert line.endswith(f"pods train c.yaml {run} --resume lr=1e-4 max_steps=60"), line
+    assert cli._interrupted(cli.parse_args(["train", "c.yaml", str(tmp_path / "new")]),
+                            KeyboardInterrupt(), []).startswith("stopped before its first")

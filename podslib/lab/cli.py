@@ -250,15 +250,16 @@ def _sigterm_interrupts():
 
 
 def _interrupted(args, err: KeyboardInterrupt, argv: list[str]) -> str:
-    """The line of a command stopped by a signal: where its work stands and how to go on."""
-    if isinstance(err, Interrupted):
-        resume = ["pods", "train", args.config, args.run_dir, "--resume", *args.overrides]
-        return f"{err}: {shlex.join(resume)}"
+    """The line of a command stopped by a signal: where its work stands and how to go on (a
+    training run resumes with the overrides it was started with)."""
     if args.command == "train":
+        resume = shlex.join(["pods", "train", args.config, args.run_dir, "--resume",
+                             *args.overrides])
+        if isinstance(err, Interrupted):                # stopped at a step, checkpoint written
+            return f"{err}: {resume}"
         found = rundir.checkpoints(args.run_dir)
         if found:
-            return (f"stopped at once; the run resumes from {str(found[-1])!r}: "
-                    f"{shlex.join(['pods', 'train', args.config, args.run_dir, '--resume'])}")
+            return f"stopped at once; the run resumes from {str(found[-1])!r}: {resume}"
         return "stopped before its first checkpoint; nothing to resume: run it again"
     if args.command in ("run", "reproduce"):
         return (f"stopped; `{shlex.join(['pods', *argv])}` again goes on (complete runs are "
