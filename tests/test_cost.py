@@ -4,6 +4,7 @@ the measurement (podslib.lab.cost: the schedule, peak memory per phase, real ste
 model side by side); the command's bad inputs; the agreement with one's own runs on a short
 study; and the GPU configs with the tiny model substituted."""
 
+import shutil
 import sys
 
 import numpy as np
@@ -371,6 +372,16 @@ def test_cost_against_own_runs_short_study(tmp_path, grid_file):
     written = pd.read_csv(root / "costs" / "cost.csv").set_index("variant")
     assert written.loc["pods", "check_study_c"] == pytest.approx(check["study_c"])
     assert "## Against your runs of the experiment" in (root / "costs" / "cost.md").read_text()
+    # A clone holds only the record: the gain and the check come from it, as from the folders.
+    assert main(["report", "costs", "--results-root", str(root), "--no-progress"]) == 0
+    for spec in grid.runs():
+        shutil.rmtree(root / "costs" / spec.run_id)
+    again = L.run(grid_file, steps=2, warmup=0, results_root=root, write=False,
+                  log=lambda _: None)
+    assert again.gains["pods"][0] == "your runs' per-step gain (2 seeds)"
+    assert again.gains["pods"][1].value == pytest.approx(report.gains["pods"][1].value, rel=1e-3)
+    assert again.check.set_index("variant").loc["pods", "study_c"] == pytest.approx(
+        check["study_c"], rel=1e-2)                     # the record keeps times to 1 ms
 
 
 @pytest.mark.slow

@@ -385,8 +385,12 @@ class CostReport:
 
 
 def own_runs(root: Path, experiment: str) -> pd.DataFrame:
-    """The complete runs of the experiment (`results.load_runs`), empty when there are none."""
+    """The complete runs of the experiment: their folders (`results.load_runs`), else its
+    record (a clone holds only the committed `runs.csv.gz`); empty with neither."""
     curves = R.load_runs(root, experiment)
+    record = Path(root) / experiment / R.RECORD
+    if not len(curves) and record.is_file():
+        curves = R.read_record(record)[0]
     if not len(curves):
         return curves
     return curves[curves["complete"].astype(bool)]
