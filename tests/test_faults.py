@@ -902,3 +902,16 @@ def test_a_train_stopped_at_once_resumes_with_its_overrides(tmp_path):
     assert line.endswith(f"pods train c.yaml {run} --resume lr=1e-4 max_steps=60"), line
     assert cli._interrupted(cli.parse_args(["train", "c.yaml", str(tmp_path / "new")]),
                             KeyboardInterrupt(), []).startswith("stopped before its first")
+
+
+def test_ctrl_c_during_pods_doctor_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while `pods doctor` starts an engine (seconds, more when vLLM compiles): one line
+    and exit status 130, as every other command, not a traceback."""
+    from podslib.lab import doctor
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(doctor, "main", interrupted)
+    assert cli.main(["doctor"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["pods doctor: stopped"]

@@ -283,10 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     notebook.kernel_environment()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():      # read by torch before it was set
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    if args.command == "doctor":
-        return doctor.main()
     try:
         with _sigterm_interrupts():
+            if args.command == "doctor":                # its own report and exit status
+                return doctor.main()
             out = _dispatch(args)
     except KeyboardInterrupt as err:
         print(f"pods {args.command}: {_interrupted(args, err, argv)}", file=sys.stderr)
