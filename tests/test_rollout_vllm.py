@@ -131,6 +131,15 @@ def test_vllm_sync_lora_policy(engine, tiny):
     assert token_ids(engine.generate(PROMPTS, 1, GREEDY)) == updated
 
 
+def test_vllm_sync_refuses_a_policy_of_another_shape(engine, tiny, tmp_path):
+    """A policy with 2 of the engine's 4 layers: its weights cannot fill the engine's model, and
+    the sync says which parameters got none (instead of generating from half-old weights)."""
+    short, _ = load_policy(make_tiny_model(tmp_path / "short", layers=2))
+    with pytest.raises(RuntimeError, match=r"got no weights for \['model\.layers\.2\."):
+        engine.sync_weights(short)
+    engine.sync_weights(tiny[1])
+
+
 def test_vllm_same_seed_same_samples_different_seed_differs(engine, tiny):
     engine.sync_weights(tiny[1])
     sampling = SamplingParams(temperature=1.0, max_tokens=12, seed=7)

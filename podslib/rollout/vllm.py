@@ -233,9 +233,9 @@ def _load_weights(worker, weights: dict[str, torch.Tensor]) -> None:
     from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
 
     model = worker.get_model()
-    loaded = model.load_weights(iter(weights.items()))
-    missed = sorted({name for name, _ in model.named_parameters()} - set(loaded))
-    if missed:
+    loaded = model.load_weights(iter(weights.items()))   # the names loaded (some models: None)
+    missed = sorted({name for name, _ in model.named_parameters()} - set(loaded or ()))
+    if loaded is not None and missed:
         raise RuntimeError(f"vLLM's model got no weights for {missed[:5]} from the policy's "
                            f"state dict ({len(missed)} parameters); is it the same architecture?")
     for module in model.modules():
