@@ -63,6 +63,22 @@ def test_round_costs_pairs_rounds_so_shared_slowdowns_cancel():
     assert row["s_per_step_ci_high"] - row["s_per_step_ci_low"] > 1
 
 
+def test_round_costs_against_a_baseline_per_variant():
+    """A sweep of the engine: each PODS counted against the GRPO of its own engine. hf: GRPO 1,
+    PODS 2 s/step (c 2); vllm: GRPO 0.5, PODS 1.5 (c 3); against the hf GRPO vllm's PODS would
+    read 1.5."""
+    steps = steps_frame({"grpo hf": [[1], [1]], "pods hf": [[2], [2]],
+                         "grpo vllm": [[0.5], [0.5]], "pods vllm": [[1.5], [1.5]]})
+    base = {"grpo hf": "grpo hf", "pods hf": "grpo hf", "grpo vllm": "grpo vllm",
+            "pods vllm": "grpo vllm"}
+    table, reps = C.round_costs(steps, base, n_boot=50)
+    assert table.set_index("variant")["c"].to_dict() == pytest.approx(
+        {"grpo hf": 1.0, "pods hf": 2.0, "grpo vllm": 1.0, "pods vllm": 3.0})
+    np.testing.assert_allclose(reps["pods vllm"], 3.0)
+    with pytest.raises(ValueError, match="baseline must be one of the measured variants"):
+        C.round_costs(steps, {**base, "pods vllm": "grpo"})
+
+
 def test_round_costs_uses_rounds_every_variant_has():
     steps = steps_frame({"grpo": [[1], [1], [1]], "pods": [[2], [2]]})
     table, _ = C.round_costs(steps, "grpo", n_boot=50)
@@ -275,9 +291,16 @@ def test_plan_variants_and_sweeps():
     grid = pipeline.load_grid(pipeline.CONFIGS / "tiny_study_n.yaml")
     assert [v.name for v in L.plan(grid, only=["n8", "pods"])] == ["grpo", "n8", "pods"]
     swept = L.plan(grid, only=["pods"], sweep="n=8,32")
-    assert [(v.name, v.source, v.swept, v.config.n) for v in swept] == [
-        ("grpo", "grpo", None, 4), ("pods n=8", "pods", 8, 8), ("pods n=32", "pods", 32, 32)]
+    assert [(v.name, v.source, v.swept, v.config.n, v.baseline) for v in swept] == [
+        ("grpo", "grpo", None, 4, "grpo"), ("pods n=8", "pods", 8, 8, "grpo"),
+        ("pods n=32", "pods", 32, 32, "grpo")]
     assert swept[1].config.lr == 5e-5 and swept[1].config.seed == 0
+    both = L.plan(grid, only=["pods"], sweep="engine=hf,vllm")      # both sides of c change
+    assert [(v.name, v.config.engine, v.config.n, v.baseline) for v in both] == [
+        ("grpo engine=hf", "hf", 4, "grpo engine=hf"), ("pods engine=hf", "hf", 16,
+                                                        "grpo engine=hf"),
+        ("grpo engine=vllm", "vllm", 4, "grpo engine=vllm"),
+        ("pods engine=vllm", "vllm", 16, "grpo engine=vllm")]
     assert L.plan(grid, only=["pods"], overrides={"engine": "hf"})[1].config.engine == "hf"
     for kwargs, match in [({"baseline": "ref"}, "--baseline must be one of"),
                           ({"only": ["nope"]}, "--only must name variants among"),
@@ -410,7 +433,7 @@ def test_cost_sweep_from_the_command_line(tmp_path, grid_file, capsys):
     (["--baseline", "ref"], "--baseline must be one of the variants 'grpo', 'pods'; got 'ref'"),
     (["--sweep", "n:4"], "--sweep must be field=value,value,..."),
     (["--sweep", "m=8"], "--sweep m=8 on variant 'pods': "),
-    (["--sweep", "nn=8"], "--sweep nn=8 on variant 'pods': "),
+    (["--sweep", "nn=8"], "--sweep nn=8 on variant 'grpo': "),   # the baseline is swept too
     (["lr"], "overrides must be key=value; got 'lr'"),
     (["engine=jax"], "variant 'grpo': engine"),
 ], ids=lambda x: x[0] if isinstance(x, list) else "")

@@ -39,16 +39,19 @@ FRAC = 0.99                     # the paper's threshold: 99% of the baseline's p
 # measured c
 # ----------------------------------------------------------------------------------------------
 
-def round_costs(steps: pd.DataFrame, baseline: str, n_boot: int = S.N_BOOT, seed: int = 0
-                ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+def round_costs(steps: pd.DataFrame, baseline: str | dict[str, str], n_boot: int = S.N_BOOT,
+                seed: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Seconds per step and c of each variant from timed steps (columns variant, round,
     seconds), over the rounds every variant has: one row per variant (in order of appearance)
     with rounds, steps, s_per_step and c, each with ci_low / ci_high; and the bootstrap
-    replicates of c {variant: [n_boot]}."""
+    replicates of c {variant: [n_boot]}. c is counted against `baseline`, one variant for all
+    or, per variant, the one at its point of a sweep."""
     names = list(dict.fromkeys(steps["variant"]))
-    if baseline not in names:
-        raise ValueError(f"baseline must be one of the measured variants {names}; "
-                         f"got {baseline!r}")
+    base_of = baseline if isinstance(baseline, dict) else dict.fromkeys(names, baseline)
+    for base in {base_of.get(v) for v in names}:
+        if base not in names:
+            raise ValueError(f"baseline must be one of the measured variants {names}; "
+                             f"got {base!r}")
     blocks = steps.groupby(["variant", "round"])["seconds"].agg(["sum", "count"])
     rounds = sorted(set.intersection(*(set(blocks.loc[v].index) for v in names)))
     if not rounds:
@@ -57,7 +60,7 @@ def round_costs(steps: pd.DataFrame, baseline: str, n_boot: int = S.N_BOOT, seed
     count = np.stack([blocks.loc[v].loc[rounds, "count"].to_numpy(float) for v in names])
     idx = S.resamples(len(rounds), n_boot, np.random.default_rng(seed))      # [B + 1, R]
     per_step = seconds[:, idx].sum(axis=2) / count[:, idx].sum(axis=2)       # [V, B + 1]
-    c = per_step / per_step[names.index(baseline)]
+    c = per_step / per_step[[names.index(base_of[v]) for v in names]]
     rows = []
     for k, name in enumerate(names):
         sps, cost = S.percentile(per_step[k, 0], per_step[k, 1:], 0.0), \

@@ -2,15 +2,16 @@
 that predicts, in minutes and before anything is trained for hours (docs/cost.md).
 
 Each variant of a grid file (the baseline, then the others or the `--only` ones; with `--sweep
-field=a,b,c`, each non-baseline variant once per value) gets a worker process holding a
-`Trainer` built from its config as `pods run` builds it (model, engine, data, optimizer; the
-grid's first seed), which runs the trainer's own step, `Trainer.step`, with no evaluation and
-no checkpoint. First a warm-up round (`warmup` steps per variant, not counted), then ROUNDS
-rounds of blocks that together make `steps` timed steps per variant. Blocks run `jobs` at a
-time: two on a CPU, one torch thread each, as `pods run --jobs 2` runs a study; one on a GPU.
-A round starts once the previous round has started, its order turning from round to round;
-a free slot with no block to start runs an untimed step of an idle variant, so that on a CPU
-every timed step runs beside another one, as in a study.
+field=a,b,c`, each variant once per value, counted against the baseline at the same value; a
+sweep of what makes a variant down-sample, n, m or rule, leaves the baseline as it is) gets a
+worker process holding a `Trainer` built from its config as `pods run` builds it (model, engine,
+data, optimizer; the grid's first seed), which runs the trainer's own step, `Trainer.step`, with
+no evaluation and no checkpoint. First a warm-up round (`warmup` steps per variant, not
+counted), then ROUNDS rounds of blocks that together make `steps` timed steps per variant.
+Blocks run `jobs` at a time: two on a CPU, one torch thread each, as `pods run --jobs 2` runs a
+study; one on a GPU. A round starts once the previous round has started, its order turning from
+round to round; a free slot with no block to start runs an untimed step of an idle variant, so
+that on a CPU every timed step runs beside another one, as in a study.
 
 Per step a worker returns the phase seconds (the trainer's clock, evaluation excluded), the
 tokens generated and each phase's peak memory (`MemoryTimer`). `podslib.analysis.cost` turns
@@ -55,6 +56,7 @@ from podslib.training.step import PhaseTimer
 from podslib.training.trainer import Trainer, check_packages
 
 STEPS, WARMUP, ROUNDS = 40, 3, 8
+DOWNSAMPLING = ("n", "m", "rule")                   # swept on the down-sampling variants only
 PHASES = R.PHASES                                   # t_generate, t_score, ..., t_sync
 MIB = 2 ** 20
 
@@ -70,6 +72,7 @@ class Variant:
     name: str
     source: str                   # the grid variant it comes from
     values: dict[str, Any]        # its full, validated config values
+    baseline: str                 # the variant its c is counted against (a baseline: itself)
     swept: Any = None             # the --sweep value (None: not swept)
 
     @property
@@ -103,7 +106,9 @@ def plan(grid: Grid, baseline: str = "grpo", only: list[str] | None = None,
                          "a variant's step over the baseline's")
     seed = grid.seeds[0]
 
-    def variant(name: str, change: str = "", swept: Any = None) -> Variant:
+    def variant(name: str, base: str, change: str = "", swept: Any = None) -> Variant:
+        """Grid variant `name` with `change` (key=value) made, counted against `base` ('':
+        a baseline, against itself)."""
         extra = {change.partition("=")[0]: swept} if change else {}
         values = resolve_paths(merge(merge(grid.values(name, seed), overrides or {}), extra))
         try:
@@ -111,13 +116,20 @@ def plan(grid: Grid, baseline: str = "grpo", only: list[str] | None = None,
         except ValueError as err:
             where = f"--sweep {change} on variant {name!r}" if change else f"variant {name!r}"
             raise ValueError(f"{where}: {err}") from None
-        return Variant(f"{name} {change}" if change else name, name, values, swept)
+        full = f"{name} {change}" if change else name
+        return Variant(full, name, values, base or full, swept)
 
-    out = [variant(baseline)]
     if sweep is None:
-        return out + [variant(v) for v in others]
+        return [variant(baseline, "")] + [variant(v, baseline) for v in others]
     key, values = parse_sweep(sweep)
-    return out + [variant(v, f"{key}={x}", x) for v in others for x in values]
+    if key in DOWNSAMPLING:
+        return [variant(baseline, "")] + [variant(v, baseline, f"{key}={x}", x)
+                                          for v in others for x in values]
+    out = []
+    for x in values:                    # an engine or a batch size changes both sides of c
+        base = variant(baseline, "", f"{key}={x}", x)
+        out += [base] + [variant(v, base.name, f"{key}={x}", x) for v in others]
+    return out
 
 
 def check_ready(variants: list[Variant]) -> None:
@@ -403,8 +415,10 @@ def gains(variants: list[Variant], baseline: str, curves: pd.DataFrame, per_step
     paper's nearest setting (down-sampling variants only)."""
     out, cache = {}, {}
     have = set(curves["variant"]) if len(curves) else set()
-    for v in variants[1:]:
+    for v in variants:
         cfg = v.config
+        if v.baseline == v.name:
+            continue
         if per_step is not None:
             out[v.name] = ("the per-step gain you gave",
                            S.Estimate(per_step, per_step, per_step, 1.0, per_step), None)
@@ -426,12 +440,13 @@ def summarise(variants: list[Variant], steps: pd.DataFrame, baseline: str,
               ) -> tuple[pd.DataFrame, list[str], dict[str, np.ndarray]]:
     """The table (one row per variant), the prediction sentences and the replicates of c."""
     timed = steps[steps["timed"]]
-    costs, c_reps = C.round_costs(timed, baseline, n_boot)
+    costs, c_reps = C.round_costs(timed, {v.name: v.baseline for v in variants}, n_boot)
     costs = costs.set_index("variant")
     rows, sentences = [], []
     for v in variants:
         cfg, mine, cost = v.config, timed[timed["variant"] == v.name], costs.loc[v.name]
-        row = {"variant": v.name, "source": v.source, "swept": v.swept, "n": cfg.n, "m": cfg.m,
+        row = {"variant": v.name, "source": v.source, "swept": v.swept, "baseline": v.baseline,
+               "engine": cfg.engine, "n": cfg.n, "m": cfg.m,
                "rule": "none" if cfg.n == cfg.m else cfg.rule, **cost.to_dict(),
                "rounds": int(cost["rounds"]), "steps": int(cost["steps"]),
                **{p: mine[p].mean() for p in PHASES},
@@ -534,7 +549,8 @@ def run(config_file: str | Path, steps: int = STEPS, warmup: int = WARMUP,
     prepare_models([v.config for v in variants], progress=False)
     meta = {"experiment": grid.experiment, "config": _shown(grid.source), "steps": steps,
             "warmup": warmup, "jobs": jobs, "baseline": baseline, "sweep": sweep or "",
-            "device": variants[0].config.device, "engine": variants[0].config.engine,
+            "device": variants[0].config.device,
+            "engine": ", ".join(dict.fromkeys(v.config.engine for v in variants)),
             "cpus": os.cpu_count(), "load_before": load_before,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     start = time.perf_counter()
@@ -689,7 +705,7 @@ def write_report(report: CostReport, exp_dir: Path, name: str) -> list[Path]:
             .drop(columns=["check_variant"])
     csv, md = exp_dir / f"{name}.csv", exp_dir / f"{name}.md"
     atomic_write(csv, table.assign(**{k: v for k, v in report.meta.items()
-                                      if k in ("device", "engine", "jobs", "started")})
+                                      if k in ("device", "jobs", "started")})
                  .to_csv(index=False))
     atomic_write(md, markdown(report))
     return [md, csv]
