@@ -214,8 +214,12 @@ def test_build_prompts_drops_long_prompts(caplog):
     """Char tokenizer: 'Q:3+4\\nA:' is 8 tokens; a 9-op expression gives 2 ('Q:') + 19 + 3 ('\\nA:') = 24."""
     tok = char_tokenizer()
     long = Example(question="q", gold="0", task="arith", expression="1+1+1+1+1+1+1+1+1+1")
-    prompts, kept, n_dropped = build_prompts([EX, long, EX], "tiny", tok, max_prompt_tokens=8)
+    prompts, kept, n_dropped, longest = build_prompts([EX, long, EX], "tiny", tok,
+                                                      max_prompt_tokens=8)
     assert prompts == ["Q:3+4\nA:"] * 2 and kept == [EX, EX] and n_dropped == 1
+    assert longest == 8                                 # of the kept prompts, not the dropped 24
+    assert build_prompts([EX, long], "tiny", tok).longest == 24
+    assert build_prompts([], "tiny", tok).longest == 0
     assert "dropped 1 of 3" in caplog.text
     assert build_prompts([EX, long], "tiny", tok, max_prompt_tokens=24)[2] == 0
     assert build_prompts([EX, long], "tiny", tok, max_prompt_tokens=23)[2] == 1

@@ -79,6 +79,10 @@ class Variant:
     def config(self) -> Config:
         return Config.from_dict(self.values)
 
+    @property
+    def is_baseline(self) -> bool:
+        return self.baseline == self.name
+
 
 def parse_sweep(text: str) -> tuple[str, list[Any]]:
     """'n=16,32,64' -> ('n', [16, 32, 64]) (values read as YAML)."""
@@ -106,9 +110,9 @@ def plan(grid: Grid, baseline: str = "grpo", only: list[str] | None = None,
                          "a variant's step over the baseline's")
     seed = grid.seeds[0]
 
-    def variant(name: str, base: str, change: str = "", swept: Any = None) -> Variant:
-        """Grid variant `name` with `change` (key=value) made, counted against `base` ('':
-        a baseline, against itself)."""
+    def variant(name: str, base: str | None, change: str = "", swept: Any = None) -> Variant:
+        """Grid variant `name` with `change` (key=value) made, counted against the variant
+        named `base` (None: a baseline, against itself)."""
         extra = {change.partition("=")[0]: swept} if change else {}
         values = resolve_paths(merge(merge(grid.values(name, seed), overrides or {}), extra))
         try:
@@ -120,14 +124,14 @@ def plan(grid: Grid, baseline: str = "grpo", only: list[str] | None = None,
         return Variant(full, name, values, base or full, swept)
 
     if sweep is None:
-        return [variant(baseline, "")] + [variant(v, baseline) for v in others]
+        return [variant(baseline, None)] + [variant(v, baseline) for v in others]
     key, values = parse_sweep(sweep)
     if key in DOWNSAMPLING:
-        return [variant(baseline, "")] + [variant(v, baseline, f"{key}={x}", x)
-                                          for v in others for x in values]
+        return [variant(baseline, None)] + [variant(v, baseline, f"{key}={x}", x)
+                                            for v in others for x in values]
     out = []
     for x in values:                    # an engine or a batch size changes both sides of c
-        base = variant(baseline, "", f"{key}={x}", x)
+        base = variant(baseline, None, f"{key}={x}", x)
         out += [base] + [variant(v, base.name, f"{key}={x}", x) for v in others]
     return out
 
@@ -417,7 +421,7 @@ def gains(variants: list[Variant], baseline: str, curves: pd.DataFrame, per_step
     have = set(curves["variant"]) if len(curves) else set()
     for v in variants:
         cfg = v.config
-        if v.baseline == v.name:
+        if v.is_baseline:
             continue
         if per_step is not None:
             out[v.name] = ("the per-step gain you gave",

@@ -26,7 +26,7 @@ from podslib.models.loading import load_policy
 from podslib.rollout import SamplingParams, make_engine
 from podslib.seeding import derive_seed
 from podslib.tasks.rewards import score_batch
-from podslib.tasks.templates import build_prompts, longest_prompt
+from podslib.tasks.templates import build_prompts
 from podslib.training.data import load_examples
 from podslib.training.warmstart import policy_path
 
@@ -46,14 +46,14 @@ def sample_rollouts(cfg: Config, num_prompts: int, n: int) -> dict[str, Any]:
     policy.eval()
     examples = load_examples(cfg, "train")
     order = np.random.default_rng(cfg.seed).permutation(len(examples))[:num_prompts]
-    prompts, kept, _ = build_prompts([examples[i] for i in order], cfg.template, tokenizer,
-                                     cfg.max_prompt_tokens)
+    prompts, kept, _, longest = build_prompts([examples[i] for i in order], cfg.template,
+                                              tokenizer, cfg.max_prompt_tokens)
     engine = make_engine(cfg.engine, model_path=model_path, policy=policy, tokenizer=tokenizer,
                          device=cfg.device, dtype=cfg.dtype, seed=cfg.seed,
                          gpu_memory_utilization=cfg.gpu_memory_utilization,
                          kv_cache_memory_bytes=cfg.kv_cache_memory_bytes,
                          enforce_eager=cfg.enforce_eager,
-                         max_model_len=longest_prompt(prompts, tokenizer) + cfg.max_completion_tokens,
+                         max_model_len=longest + cfg.max_completion_tokens,
                          max_num_seqs=max(len(prompts) * n, 1))
     try:
         sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from podslib.registry import Registry
 from podslib.tasks.datasets import Example
@@ -55,35 +56,32 @@ def render_prompt(example: Example, template: str, tokenizer=None) -> str:
     return plain
 
 
-def longest_prompt(prompts: Sequence[str], tokenizer) -> int:
-    """Tokens of the longest of `prompts` (0 for none), counted as the engines encode them
-    (add_special_tokens=False): what an engine's max_model_len must hold besides the completion."""
-    if not prompts:
-        return 0
-    return max(map(len, tokenizer(list(prompts), add_special_tokens=False)["input_ids"]))
+class Prompts(NamedTuple):
+    """`build_prompts`' result."""
+
+    prompts: list[str]            # the rendered prompts that fit
+    kept: list[Example]           # their examples, aligned with prompts
+    n_dropped: int                # examples whose prompt was too long
+    longest: int                  # tokens of the longest kept prompt (0: none, or no tokenizer)
 
 
 def build_prompts(examples: Sequence[Example], template: str, tokenizer,
-                  max_prompt_tokens: int | None = None) -> tuple[list[str], list[Example], int]:
-    """Renders prompts and drops those longer than `max_prompt_tokens` tokens.
-
-    Returns (prompts, kept examples (aligned with prompts), number dropped). Tokens are counted
-    with add_special_tokens=False, as the engines encode prompts.
-    """
+                  max_prompt_tokens: int | None = None) -> Prompts:
+    """Renders prompts and drops those longer than `max_prompt_tokens` tokens. Tokens are
+    counted once, with add_special_tokens=False, as the engines encode prompts; the longest
+    kept prompt is what an engine's max_model_len must hold besides the completion."""
     if max_prompt_tokens is not None and (tokenizer is None or max_prompt_tokens < 1):
         raise ValueError("max_prompt_tokens must be None, or >= 1 with a tokenizer to count tokens; "
                          f"got {max_prompt_tokens} with tokenizer={tokenizer!r}")
-    prompts, kept = [], []
-    for example in examples:
-        prompt = render_prompt(example, template, tokenizer)
-        if max_prompt_tokens is not None:
-            n_tokens = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-            if n_tokens > max_prompt_tokens:
-                continue
-        prompts.append(prompt)
-        kept.append(example)
+    rendered = [render_prompt(example, template, tokenizer) for example in examples]
+    lengths = ([len(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+               if tokenizer is not None and rendered else [0] * len(rendered))
+    fits = [max_prompt_tokens is None or n <= max_prompt_tokens for n in lengths]
+    prompts = [p for p, ok in zip(rendered, fits) if ok]
+    kept = [e for e, ok in zip(examples, fits) if ok]
     n_dropped = len(examples) - len(kept)
     if n_dropped:
         log.warning("dropped %d of %d prompts longer than %d tokens", n_dropped, len(examples),
                     max_prompt_tokens)
-    return prompts, kept, n_dropped
+    return Prompts(prompts, kept, n_dropped, max((n for n, ok in zip(lengths, fits) if ok),
+                                                 default=0))

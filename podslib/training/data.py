@@ -16,7 +16,7 @@ import numpy as np
 from podslib.config import Config, TinySettings
 from podslib.seeding import derive_seed
 from podslib.tasks.datasets import Example, load_task, make_arith
-from podslib.tasks.templates import build_prompts, longest_prompt
+from podslib.tasks.templates import build_prompts
 
 
 def arith_examples(tiny: TinySettings, split: str, limit: int | None, seed: int = 0
@@ -83,21 +83,20 @@ def build_data(cfg: Config, tokenizer, train: list[Example], test: list[Example]
     """The training prompts and the test problems whose prompts fit max_prompt_tokens. Dropped
     test problems are counted in a `note` (accuracy is over the others); none left of either
     split is a ValueError (no test problems at all is fine: a run without evaluation)."""
-    prompts, kept, n_dropped = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
-    if not prompts:
+    train_p = build_prompts(train, cfg.template, tokenizer, cfg.max_prompt_tokens)
+    if not train_p.prompts:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(train)} "
                          "training prompts; raise it")
-    test_prompts, test_kept, n_test_dropped = build_prompts(test, cfg.template, tokenizer,
-                                                            cfg.max_prompt_tokens)
-    if test and not test_kept:
+    test_p = build_prompts(test, cfg.template, tokenizer, cfg.max_prompt_tokens)
+    if test and not test_p.kept:
         raise ValueError(f"max_prompt_tokens={cfg.max_prompt_tokens} drops all {len(test)} test "
                          "problems; raise it")
-    if n_test_dropped:
-        note(f"warning: max_prompt_tokens={cfg.max_prompt_tokens} drops {n_test_dropped} of "
+    if test_p.n_dropped:
+        note(f"warning: max_prompt_tokens={cfg.max_prompt_tokens} drops {test_p.n_dropped} of "
              f"{len(test)} test problems (prompts too long); test accuracy is over the other "
-             f"{len(test_kept)}")
-    return Data(prompts, [e.gold for e in kept], test_kept, n_dropped, n_test_dropped,
-                longest_prompt(prompts + test_prompts, tokenizer))
+             f"{len(test_p.kept)}")
+    return Data(train_p.prompts, [e.gold for e in train_p.kept], test_p.kept, train_p.n_dropped,
+                test_p.n_dropped, max(train_p.longest, test_p.longest))
 
 
 def engine_limits(cfg: Config, data: Data, world_size: int) -> dict[str, int]:
